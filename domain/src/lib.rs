@@ -1,0 +1,10 @@
+//! PostgreSQL business logic of the platform: identity provisioning, sessions and themes, the
+//! audit trail, and (in later modules) the ledger, licenses and tasks. Never imports axum.
+
+pub mod audit;
+pub mod db;
+pub mod error;
+pub mod identity;
+pub mod sessions;
+
+pub use error::{DomainError, DomainResult};

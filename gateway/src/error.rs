@@ -1,0 +1,214 @@
+//! The one API error type and the extractors that turn axum's rejections into it.
+//!
+//! An `ApiError` becomes a response carrying a [`ProblemDraft`] extension; the
+//! [`crate::problem`] middleware renders it as RFC 9457 problem+json with the request id.
+
+use axum::extract::FromRequestParts;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use domain::DomainError;
+use serde::de::DeserializeOwned;
+use shared::ErrorCode;
+
+/// A problem waiting for its request id, attached to a response by `ApiError`.
+#[derive(Debug, Clone)]
+pub struct ProblemDraft {
+    /// Stable machine code.
+    pub code: ErrorCode,
+    /// English explanation.
+    pub detail: String,
+}
+
+/// Any failure of an API request.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: ErrorCode,
+    detail: String,
+    /// The cause, logged (never sent) for 5xx.
+    source: Option<anyhow::Error>,
+}
+
+/// Result of a handler.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    /// An error with an explicit status and code.
+    pub fn new(status: StatusCode, code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            detail: detail.into(),
+            source: None,
+        }
+    }
+
+    /// 401 with one of the token codes.
+    pub fn unauthorized(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, code, detail)
+    }
+
+    /// 403 `forbidden`.
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, detail)
+    }
+
+    /// 404 `not_found`.
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, detail)
+    }
+
+    /// 422 `validation_failed`.
+    pub fn validation(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::ValidationFailed,
+            detail,
+        )
+    }
+
+    /// 500 `internal`: the cause goes to the log, the client learns nothing internal.
+    pub fn internal(source: impl Into<anyhow::Error>) -> Self {
+        Self {
+            source: Some(source.into()),
+            ..Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                "an unexpected error occurred; the request id locates it in the server log",
+            )
+        }
+    }
+
+    /// 503 `service_unavailable`.
+    pub fn unavailable(detail: impl Into<String>, source: impl Into<anyhow::Error>) -> Self {
+        Self {
+            source: Some(source.into()),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::ServiceUnavailable,
+                detail,
+            )
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The stable code.
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let Some(source) = &self.source {
+            if self.status.is_server_error() {
+                tracing::error!(code = %self.code, error = ?source, "request failed");
+            } else {
+                tracing::warn!(code = %self.code, error = %source, "request rejected");
+            }
+        }
+        let mut response = self.status.into_response();
+        response.extensions_mut().insert(ProblemDraft {
+            code: self.code,
+            detail: self.detail,
+        });
+        response
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(error: DomainError) -> Self {
+        match error {
+            DomainError::NotFound { what } => ApiError::not_found(format!("{what} not found")),
+            DomainError::Validation(detail) => ApiError::validation(detail),
+            error @ DomainError::InsufficientCredits { .. } => ApiError::new(
+                StatusCode::PAYMENT_REQUIRED,
+                ErrorCode::InsufficientCredits,
+                error.to_string(),
+            ),
+            DomainError::Conflict(detail) => {
+                ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, detail)
+            }
+            DomainError::Database(source) => database_error(source),
+        }
+    }
+}
+
+/// A database failure: 503 when PostgreSQL cannot be reached, 500 otherwise.
+pub fn database_error(source: sqlx::Error) -> ApiError {
+    match source {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            ApiError::unavailable("the database is unavailable; retry later", source)
+        }
+        other => ApiError::internal(other),
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let code = match rejection.status() {
+            StatusCode::BAD_REQUEST => ErrorCode::MalformedJson,
+            StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
+            StatusCode::UNPROCESSABLE_ENTITY => ErrorCode::InvalidBody,
+            _ => ErrorCode::HttpError,
+        };
+        ApiError::new(rejection.status(), code, rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidPath,
+            rejection.body_text(),
+        )
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidQuery,
+            rejection.body_text(),
+        )
+    }
+}
+
+/// `axum::Json` whose rejections are problem+json.
+#[derive(Debug, Clone, Copy, Default, axum::extract::FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Json<T>(pub T);
+
+impl<T: serde::Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// `axum::extract::Path` whose rejections are problem+json.
+#[derive(Debug, Clone, Copy, Default, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);
+
+/// `axum::extract::Query` whose rejections are problem+json.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Query(value) =
+            axum::extract::Query::<T>::from_request_parts(parts, state).await?;
+        Ok(Query(value))
+    }
+}

@@ -1,0 +1,127 @@
+//! The gateway: axum HTTP API, auth, permission matrix, metrics, and the composition root that
+//! wires the domain and the hub into a running node.
+
+pub mod auth;
+pub mod error;
+pub mod http_metrics;
+pub mod permissions;
+pub mod problem;
+pub mod readiness;
+pub mod routes;
+pub mod settings;
+pub mod shutdown;
+pub mod state;
+pub mod telemetry;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::StatusCode;
+use axum::middleware;
+use routes::ops::OpenApiDocument;
+use settings::Settings;
+use state::AppState;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+/// Builds the node's state, applies migrations when configured, and serves on `listener` until
+/// `shutdown` is cancelled, then drains for at most the grace period.
+pub async fn launch(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    http_metrics::install()?;
+    let state = AppState::new(settings)?;
+    if state.settings.database.migrate_on_start {
+        domain::db::migrate(&state.db)
+            .await
+            .context("applying migrations")?;
+    }
+    serve(state, listener, shutdown).await
+}
+
+/// Serves an already built state (tests use it to keep a handle on the state).
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let address = listener.local_addr()?;
+    let grace = state.settings.shutdown_grace();
+    let app = router(state.clone())?;
+    tracing::info!(%address, node = %state.settings.node_id, "listening");
+    let draining = state.draining.clone();
+    let signal = shutdown.clone();
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        signal.cancelled().await;
+        draining.store(true, Ordering::Release);
+        tracing::info!("shutdown requested: draining");
+    });
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        result = &mut server => result.context("serving HTTP")?,
+        () = shutdown.cancelled() => {
+            match tokio::time::timeout(grace, &mut server).await {
+                Ok(result) => result.context("serving HTTP")?,
+                Err(_) => tracing::warn!(?grace, "grace period over: closing remaining connections"),
+            }
+        }
+    }
+    state.db.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The full router: routes, permission enforcement, limits, telemetry, problem+json.
+pub fn router(state: AppState) -> anyhow::Result<Router> {
+    let (routes, openapi) = routes::all(state.settings.dev_mode).split_for_parts();
+    let document = OpenApiDocument(Arc::from(
+        openapi.to_pretty_json().context("serializing OpenAPI")?,
+    ));
+    let timeout = TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        state.settings.request_timeout(),
+    );
+    // `Router::layer` wraps each route (and the fallback): the first layer added is the innermost.
+    Ok(routes
+        .fallback(|| async { StatusCode::NOT_FOUND })
+        .layer(axum::Extension(document))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            permissions::authorize,
+        ))
+        .layer(DefaultBodyLimit::max(state.settings.http.body_limit_bytes))
+        .layer(timeout)
+        .layer(CatchPanicLayer::new())
+        .layer(middleware::from_fn(http_metrics::track))
+        .layer(middleware::from_fn(problem::finalize))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                let route = request
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map(MatchedPath::as_str);
+                let request_id = request
+                    .headers()
+                    .get(problem::REQUEST_ID)
+                    .and_then(|value| value.to_str().ok())
+                    .unwrap_or_default();
+                tracing::info_span!("request", method = %request.method(), route, request_id)
+            }),
+        )
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state))
+}

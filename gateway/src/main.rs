@@ -1,0 +1,119 @@
+//! The `gateway` binary: parses the command line and settings, starts telemetry, and calls the
+//! library.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use gateway::auth::{TokenKeys, TokenRequest};
+use gateway::settings::Settings;
+use shared::Role;
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+/// Realtime push and session hub: HTTP API, WebSocket/SSE transports and credit ledger.
+///
+/// Settings come from defaults, then the TOML file given by --config (or HUB_CONFIG), then the
+/// environment: DATABASE_URL, REDIS_URL, HUB_LISTEN, HUB_JWT_SECRET, HUB_NODE_ID, HUB_DEV_MODE and
+/// HUB_<SECTION>__<KEY> for nested settings.
+#[derive(Debug, Parser)]
+#[command(name = "gateway", version)]
+struct Cli {
+    /// TOML settings file (overrides defaults; the environment overrides it).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the HTTP API, /metrics, /healthz and /readyz on HUB_LISTEN until SIGTERM or Ctrl-C.
+    ///
+    /// Applies pending migrations first (unless database.migrate_on_start is false), then drains
+    /// in-flight requests for at most http.shutdown_grace_ms on shutdown.
+    Serve,
+    /// Apply pending database migrations to DATABASE_URL and exit (a no-op when up to date).
+    Migrate,
+    /// Print a signed bearer token (HS256, HUB_JWT_SECRET) for ops and tests.
+    Token {
+        /// The user or service id (`sub` claim).
+        #[arg(long)]
+        sub: String,
+        /// A role: user, creator, operator, finance, auditor, admin or service. Repeat for more.
+        #[arg(long = "role", required = true, value_name = "ROLE")]
+        roles: Vec<Role>,
+        /// The credit account the token acts on (`account_id` claim; default: the sub).
+        #[arg(long, value_name = "ID")]
+        account: Option<String>,
+        /// Display name used when the user is first provisioned.
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
+        ttl: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Serve => serve(settings).await,
+        Command::Migrate => {
+            gateway::telemetry::init(!settings.dev_mode);
+            let pool = domain::db::connect_lazy(
+                settings.database_url()?,
+                &domain::db::PoolOptions {
+                    max_connections: 2,
+                    acquire_timeout: std::time::Duration::from_secs(10),
+                },
+            )?;
+            domain::db::migrate(&pool)
+                .await
+                .context("applying migrations")?;
+            println!(
+                "migrations applied: {} known",
+                domain::db::MIGRATOR.iter().count()
+            );
+            Ok(())
+        }
+        Command::Token {
+            sub,
+            roles,
+            account,
+            name,
+            ttl,
+        } => {
+            let keys = TokenKeys::new(&settings.jwt_secret()?);
+            let request = TokenRequest {
+                sub,
+                roles,
+                account_id: account,
+                name,
+                ttl_seconds: ttl,
+            };
+            let (token, _) = keys.mint(&request)?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    gateway::telemetry::init(!settings.dev_mode);
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open files limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open files limit"),
+    }
+    tracing::info!(?settings, "starting");
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding {}", settings.listen))?;
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        gateway::shutdown::shutdown_signal().await;
+        trigger.cancel();
+    });
+    gateway::launch(settings, listener, shutdown).await
+}

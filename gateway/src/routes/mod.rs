@@ -1,0 +1,58 @@
+//! Every route of the node, registered through `utoipa-axum` so the OpenAPI document is generated
+//! from the same registrations as the router and cannot drift from it.
+
+pub mod dev;
+pub mod ops;
+pub mod sessions;
+
+use crate::state::AppState;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// The document's fixed parts; paths are added by the router.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Realtime hub API",
+        description = "HTTP API of the realtime push and session hub: sessions, credits, \
+                       licenses, tasks and publishing. Errors are RFC 9457 problem+json with a \
+                       stable `code`.",
+    ),
+    components(schemas(shared::Problem, shared::ErrorCode)),
+    modifiers(&BearerAuth),
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// All routes of the node. `dev_mode` adds the dev-only login route.
+pub fn all(dev_mode: bool) -> OpenApiRouter<AppState> {
+    let mut router = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(crate::readiness::healthz))
+        .routes(routes!(crate::readiness::readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi_document))
+        .routes(routes!(sessions::me))
+        .routes(routes!(sessions::put_theme));
+    if dev_mode {
+        router = router.routes(routes!(dev::login));
+    }
+    router
+}

@@ -1,0 +1,246 @@
+//! Typed settings: defaults, then an optional TOML file, then the environment.
+//!
+//! Environment names: `DATABASE_URL`, `REDIS_URL`, and `HUB_<KEY>` for top-level keys
+//! (`HUB_LISTEN`, `HUB_JWT_SECRET`, `HUB_NODE_ID`, `HUB_DEV_MODE`) or `HUB_<SECTION>__<KEY>` for
+//! nested ones (`HUB_HTTP__BODY_LIMIT_BYTES`). Secrets are `SecretString`: their `Debug` prints
+//! `[REDACTED]`, so settings can be logged whole.
+
+use anyhow::{Context, bail};
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// The name of the environment variable naming a TOML settings file.
+pub const CONFIG_ENV: &str = "HUB_CONFIG";
+
+/// The secret used when none is configured in dev mode; never accepted outside dev mode.
+const DEV_JWT_SECRET: &str = "dev-mode-only-insecure-jwt-secret-change-me";
+
+/// Everything a gateway node needs to run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// PostgreSQL URL (`DATABASE_URL`). Required to serve.
+    pub database_url: Option<SecretString>,
+    /// Redis URL (`REDIS_URL`). Without it the node uses the in-process broker.
+    pub redis_url: Option<SecretString>,
+    /// Address to listen on (`HUB_LISTEN`).
+    pub listen: SocketAddr,
+    /// HS256 secret for bearer tokens (`HUB_JWT_SECRET`), at least 32 bytes.
+    pub jwt_secret: Option<SecretString>,
+    /// This node's name in logs, metrics and the realtime `node` field (`HUB_NODE_ID`).
+    pub node_id: String,
+    /// Dev mode (`HUB_DEV_MODE`): pretty logs, the dev login route, a default JWT secret.
+    pub dev_mode: bool,
+    /// HTTP server limits.
+    pub http: HttpSettings,
+    /// PostgreSQL pool.
+    pub database: DatabaseSettings,
+}
+
+/// Limits of the HTTP server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Largest accepted request body.
+    pub body_limit_bytes: usize,
+    /// Longest time an API request may take before a 408.
+    pub request_timeout_ms: u64,
+    /// How long shutdown waits for in-flight requests and connections to finish.
+    pub shutdown_grace_ms: u64,
+}
+
+/// The PostgreSQL pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Upper bound of pooled connections.
+    pub max_connections: u32,
+    /// How long a request waits for a connection.
+    pub acquire_timeout_ms: u64,
+    /// Apply pending migrations when `serve` starts.
+    pub migrate_on_start: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            database_url: None,
+            redis_url: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            jwt_secret: None,
+            node_id: default_node_id(),
+            dev_mode: false,
+            http: HttpSettings::default(),
+            database: DatabaseSettings::default(),
+        }
+    }
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            body_limit_bytes: 64 * 1024,
+            request_timeout_ms: 10_000,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 32,
+            acquire_timeout_ms: 3_000,
+            migrate_on_start: true,
+        }
+    }
+}
+
+fn default_node_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "node".into());
+    format!("{host}-{}", std::process::id())
+}
+
+impl Settings {
+    /// Loads defaults, then `file` (or `$HUB_CONFIG`) when given, then the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os(CONFIG_ENV).map(Into::into));
+        let mut figment = Figment::new();
+        if let Some(file) = &file {
+            if !file.exists() {
+                bail!("settings file {} does not exist", file.display());
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        let settings: Settings = figment
+            .merge(Env::prefixed("HUB_").ignore(&["config"]).split("__"))
+            .merge(Env::raw().only(&["database_url", "redis_url"]))
+            .extract()
+            .context("reading settings (defaults, settings file, HUB_* environment)")?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Rejects settings that cannot work, with a message naming the setting.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(secret) = &self.jwt_secret
+            && secret.expose_secret().len() < 32
+        {
+            bail!("HUB_JWT_SECRET must be at least 32 bytes long");
+        }
+        if self.http.body_limit_bytes == 0 || self.http.request_timeout_ms == 0 {
+            bail!("http.body_limit_bytes and http.request_timeout_ms must be positive");
+        }
+        if self.database.max_connections == 0 {
+            bail!("database.max_connections must be positive");
+        }
+        if self.node_id.is_empty() || self.node_id.len() > 64 {
+            bail!("HUB_NODE_ID must be 1 to 64 characters");
+        }
+        Ok(())
+    }
+
+    /// The JWT secret: the configured one, the dev default in dev mode, an error otherwise.
+    pub fn jwt_secret(&self) -> anyhow::Result<SecretString> {
+        match (&self.jwt_secret, self.dev_mode) {
+            (Some(secret), _) => Ok(secret.clone()),
+            (None, true) => Ok(SecretString::from(DEV_JWT_SECRET)),
+            (None, false) => {
+                bail!("HUB_JWT_SECRET is required (at least 32 bytes) outside dev mode")
+            }
+        }
+    }
+
+    /// The PostgreSQL URL, or an error saying how to set it.
+    pub fn database_url(&self) -> anyhow::Result<&str> {
+        self.database_url
+            .as_ref()
+            .map(|url| url.expose_secret())
+            .context("DATABASE_URL is required (e.g. postgres://postgres@127.0.0.1:5432/hub)")
+    }
+
+    /// The API request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.http.request_timeout_ms)
+    }
+
+    /// The shutdown grace period.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.http.shutdown_grace_ms)
+    }
+}
+
+#[cfg(test)]
+// figment::Jail's closures return figment::Error, which is large by figment's design.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let settings = Settings {
+            database_url: Some("postgres://app:hunter2@db/hub".into()),
+            jwt_secret: Some("an-extremely-secret-signing-key-0123456789".into()),
+            ..Settings::default()
+        };
+        let debug = format!("{settings:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(!debug.contains("extremely-secret"), "{debug}");
+    }
+
+    #[test]
+    fn a_short_jwt_secret_is_rejected() {
+        let settings = Settings {
+            jwt_secret: Some("short".into()),
+            ..Settings::default()
+        };
+        assert!(settings.validate().is_err());
+    }
+
+    #[test]
+    fn outside_dev_mode_a_jwt_secret_is_required() {
+        assert!(Settings::default().jwt_secret().is_err());
+        let dev = Settings {
+            dev_mode: true,
+            ..Settings::default()
+        };
+        assert!(dev.jwt_secret().is_ok());
+    }
+
+    #[test]
+    fn toml_file_then_environment_override_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "hub.toml",
+                "node_id = \"from-file\"\nlisten = \"127.0.0.1:9000\"\n[http]\nbody_limit_bytes = 1024\n",
+            )?;
+            jail.set_env("HUB_NODE_ID", "from-env");
+            jail.set_env("HUB_HTTP__REQUEST_TIMEOUT_MS", "500");
+            jail.set_env("DATABASE_URL", "postgres://x@y/z");
+            let settings =
+                Settings::load(Some(Path::new("hub.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(settings.node_id, "from-env");
+            assert_eq!(settings.listen.port(), 9000);
+            assert_eq!(settings.http.body_limit_bytes, 1024);
+            assert_eq!(settings.http.request_timeout_ms, 500);
+            assert_eq!(settings.database_url().ok(), Some("postgres://x@y/z"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_setting_is_an_error() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("hub.toml", "lisen = \"127.0.0.1:9000\"\n")?;
+            assert!(Settings::load(Some(Path::new("hub.toml"))).is_err());
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,93 @@
+//! The one `AppState` every handler receives: cheap to clone, everything behind `Arc`s.
+
+use crate::auth::TokenKeys;
+use crate::error::{ApiError, database_error};
+use crate::permissions::PermissionMatrix;
+use crate::settings::Settings;
+use anyhow::Context;
+use dashmap::DashSet;
+use domain::DomainError;
+use domain::identity::Principal;
+use secrecy::ExposeSecret;
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// Upper bound of the provisioned-ids cache; past it the cache starts over (a miss only costs one
+/// idempotent insert).
+const PROVISIONED_CACHE_LIMIT: usize = 100_000;
+
+/// Shared state of a gateway node.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// Settings the node started with.
+    pub settings: Arc<Settings>,
+    /// PostgreSQL pool.
+    pub db: PgPool,
+    /// Redis client, when `REDIS_URL` is set.
+    pub redis: Option<redis::Client>,
+    /// Token signing and verification.
+    pub tokens: Arc<TokenKeys>,
+    /// The permission matrix.
+    pub permissions: Arc<PermissionMatrix>,
+    /// Invariant: false until shutdown starts, then true for good.
+    pub draining: Arc<AtomicBool>,
+    /// Invariant: every id in it has a `users` row (and its account, unless a service); ids are
+    /// only inserted after their provisioning transaction committed.
+    provisioned: Arc<DashSet<String>>,
+}
+
+impl AppState {
+    /// Builds the state: opens the pool (lazily) and the Redis client, reads the matrix.
+    pub fn new(settings: Settings) -> anyhow::Result<Self> {
+        let db = domain::db::connect_lazy(
+            settings.database_url()?,
+            &domain::db::PoolOptions {
+                max_connections: settings.database.max_connections,
+                acquire_timeout: Duration::from_millis(settings.database.acquire_timeout_ms),
+            },
+        )
+        .context("parsing DATABASE_URL")?;
+        let redis = settings
+            .redis_url
+            .as_ref()
+            .map(|url| redis::Client::open(url.expose_secret()))
+            .transpose()
+            .context("parsing REDIS_URL")?;
+        let tokens = Arc::new(TokenKeys::new(&settings.jwt_secret()?));
+        let permissions = Arc::new(PermissionMatrix::builtin()?);
+        Ok(Self {
+            settings: Arc::new(settings),
+            db,
+            redis,
+            tokens,
+            permissions,
+            draining: Arc::new(AtomicBool::new(false)),
+            provisioned: Arc::new(DashSet::new()),
+        })
+    }
+
+    /// Whether shutdown has started.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Creates the caller's user and account the first time this node sees them.
+    pub async fn provision(&self, principal: &Principal) -> Result<(), ApiError> {
+        if self.provisioned.contains(&principal.user_id) {
+            return Ok(());
+        }
+        domain::identity::provision(&self.db, principal)
+            .await
+            .map_err(|error| match error {
+                DomainError::Database(source) => database_error(source),
+                other => ApiError::from(other),
+            })?;
+        if self.provisioned.len() >= PROVISIONED_CACHE_LIMIT {
+            self.provisioned.clear();
+        }
+        self.provisioned.insert(principal.user_id.clone());
+        Ok(())
+    }
+}

@@ -1,0 +1,11 @@
+//! Wire types shared by the hub, the gateway and the loadtest: roles, error codes, problem
+//! details and the JSON bodies of the HTTP API. Serde only, no IO.
+
+pub mod error_code;
+pub mod problem;
+pub mod role;
+pub mod session;
+
+pub use error_code::ErrorCode;
+pub use problem::Problem;
+pub use role::{ParseRoleError, Role};
