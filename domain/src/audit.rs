@@ -80,3 +80,86 @@ pub async fn record(
     .await?;
     Ok(id)
 }
+
+/// A stored audit row.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
+pub struct AuditRecord {
+    /// Row id (increasing).
+    pub id: i64,
+    /// Who acted.
+    pub actor_id: String,
+    /// Their roles at the time.
+    pub actor_roles: Vec<String>,
+    /// What they did.
+    pub action: String,
+    /// Kind of target.
+    pub target_type: Option<String>,
+    /// Target id.
+    pub target_id: Option<String>,
+    /// success, denied or failure.
+    pub outcome: String,
+    /// Request id.
+    pub request_id: Option<String>,
+    /// Client address.
+    pub client_ip: Option<String>,
+    /// Extra detail.
+    pub detail: Option<serde_json::Value>,
+    /// When.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Filters of an audit listing; all optional.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Only this actor.
+    pub actor_id: Option<String>,
+    /// Only this action.
+    pub action: Option<String>,
+    /// From this time (inclusive).
+    pub from: Option<chrono::DateTime<chrono::Utc>>,
+    /// Up to this time (exclusive).
+    pub to: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only rows with an id below this (the cursor).
+    pub before_id: Option<i64>,
+}
+
+const RECORD_COLUMNS: &str = "id, actor_id, actor_roles, action, target_type, target_id, outcome, \
+                              request_id, host(client_ip) as client_ip, detail, created_at";
+
+/// Audit rows matching `filter`, newest first, at most `limit`.
+pub async fn list(
+    conn: &mut PgConnection,
+    filter: &AuditFilter,
+    limit: i64,
+) -> DomainResult<Vec<AuditRecord>> {
+    let rows = sqlx::query_as::<_, AuditRecord>(&format!(
+        "select {RECORD_COLUMNS} from audit_access_log \
+         where ($1::text is null or actor_id = $1) and ($2::text is null or action = $2) \
+           and ($3::timestamptz is null or created_at >= $3) \
+           and ($4::timestamptz is null or created_at < $4) \
+           and ($5::bigint is null or id < $5) \
+         order by id desc limit $6"
+    ))
+    .bind(&filter.actor_id)
+    .bind(&filter.action)
+    .bind(filter.from)
+    .bind(filter.to)
+    .bind(filter.before_id)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows)
+}
+
+/// One audit row by id.
+pub async fn get(conn: &mut PgConnection, id: i64) -> DomainResult<AuditRecord> {
+    sqlx::query_as::<_, AuditRecord>(&format!(
+        "select {RECORD_COLUMNS} from audit_access_log where id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?
+    .ok_or(crate::DomainError::NotFound {
+        what: "audit entry",
+    })
+}

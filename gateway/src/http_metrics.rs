@@ -5,7 +5,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 /// Buckets for every `*_seconds` histogram: 0.5 ms to 10 s.
@@ -19,6 +19,9 @@ static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
 /// Installs the global recorder once per process (tests start several apps in one process) and
 /// returns its handle.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
+    // Serializes installation: the global recorder can be set only once per process.
+    static INSTALLING: Mutex<()> = Mutex::new(());
+    let _guard = INSTALLING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some(handle) = HANDLE.get() {
         return Ok(handle.clone());
     }

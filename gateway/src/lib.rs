@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod error;
 pub mod http_metrics;
+pub mod pagination;
 pub mod permissions;
 pub mod problem;
 pub mod readiness;

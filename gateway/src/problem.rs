@@ -93,3 +93,56 @@ fn render(response: Response, problem: Problem) -> Response {
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, Body::from(body))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn problem_of(response: Response) -> (StatusCode, String, Problem) {
+        let response = finalize_response(response, "req-1");
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        (
+            status,
+            content_type,
+            serde_json::from_slice(&body).expect("problem json"),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_bare_timeout_becomes_a_request_timeout_problem() {
+        let (status, content_type, problem) =
+            problem_of(StatusCode::REQUEST_TIMEOUT.into_response()).await;
+        assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(content_type, PROBLEM_JSON);
+        assert_eq!(
+            (problem.code, problem.request_id.as_str()),
+            (ErrorCode::RequestTimeout, "req-1")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_plain_text_500_hides_its_body_behind_an_internal_problem() {
+        let response = (StatusCode::INTERNAL_SERVER_ERROR, "panic: secret detail").into_response();
+        let (_, _, problem) = problem_of(response).await;
+        assert_eq!(problem.code, ErrorCode::Internal);
+        assert!(!problem.detail.contains("secret"));
+    }
+
+    #[tokio::test]
+    async fn a_success_response_is_left_alone() {
+        let response = finalize_response((StatusCode::OK, "fine").into_response(), "req-1");
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        assert_eq!(&body[..], b"fine");
+    }
+}

@@ -49,6 +49,11 @@ impl AppState {
             },
         )
         .context("parsing DATABASE_URL")?;
+        Self::with_pool(settings, db)
+    }
+
+    /// Builds the state around an existing pool (tests pass the pool of their database).
+    pub fn with_pool(settings: Settings, db: PgPool) -> anyhow::Result<Self> {
         let redis = settings
             .redis_url
             .as_ref()

@@ -2,6 +2,7 @@
 //! details and the JSON bodies of the HTTP API. Serde only, no IO.
 
 pub mod error_code;
+pub mod page;
 pub mod problem;
 pub mod role;
 pub mod session;

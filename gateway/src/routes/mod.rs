@@ -1,6 +1,7 @@
 //! Every route of the node, registered through `utoipa-axum` so the OpenAPI document is generated
 //! from the same registrations as the router and cannot drift from it.
 
+pub mod audit;
 pub mod dev;
 pub mod ops;
 pub mod sessions;
@@ -50,7 +51,9 @@ pub fn all(dev_mode: bool) -> OpenApiRouter<AppState> {
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi_document))
         .routes(routes!(sessions::me))
-        .routes(routes!(sessions::put_theme));
+        .routes(routes!(sessions::put_theme))
+        .routes(routes!(audit::list))
+        .routes(routes!(audit::get));
     if dev_mode {
         router = router.routes(routes!(dev::login));
     }

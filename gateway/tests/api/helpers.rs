@@ -1,0 +1,190 @@
+//! `spawn_app()`: the real router on a real socket (port 0) over a fresh PostgreSQL database, and
+//! typed helpers to call it.
+
+use gateway::auth::{Claims, TokenRequest};
+use gateway::settings::Settings;
+use gateway::state::AppState;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use shared::Role;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+/// The JWT secret every test app signs with.
+pub const SECRET: &str = "integration-test-secret-0123456789-abcdef";
+
+/// A running test node.
+pub struct TestApp {
+    /// `http://127.0.0.1:PORT`.
+    pub address: String,
+    /// The node's state (token keys, pool).
+    pub state: AppState,
+    /// The test database.
+    pub db: PgPool,
+    client: reqwest::Client,
+    shutdown: CancellationToken,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Settings of a test node: dev mode (so the dev login route exists) and local Redis.
+pub fn test_settings() -> Settings {
+    Settings {
+        jwt_secret: Some(SECRET.into()),
+        dev_mode: true,
+        redis_url: Some(
+            std::env::var("REDIS_URL")
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+                .into(),
+        ),
+        node_id: "test-node".into(),
+        ..Settings::default()
+    }
+}
+
+/// Starts a node over `db` with the default test settings.
+pub async fn spawn_app(db: PgPool) -> TestApp {
+    spawn_app_with(db, |_| {}).await
+}
+
+/// Starts a node over `db` after `configure` adjusted its settings.
+pub async fn spawn_app_with(db: PgPool, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    gateway::http_metrics::install().expect("metrics recorder");
+    let mut settings = test_settings();
+    configure(&mut settings);
+    let state = AppState::with_pool(settings, db.clone()).expect("state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = format!("http://{}", listener.local_addr().expect("address"));
+    let shutdown = CancellationToken::new();
+    tokio::spawn(gateway::serve(state.clone(), listener, shutdown.clone()));
+    TestApp {
+        address,
+        state,
+        db,
+        client: reqwest::Client::new(),
+        shutdown,
+    }
+}
+
+impl TestApp {
+    /// A valid token for `sub` with `roles`.
+    pub fn token(&self, sub: &str, roles: &[Role]) -> String {
+        let request = TokenRequest {
+            sub: sub.into(),
+            roles: roles.to_vec(),
+            account_id: None,
+            name: None,
+            ttl_seconds: 600,
+        };
+        self.state.tokens.mint(&request).expect("mint").0
+    }
+
+    /// A token with arbitrary claims.
+    pub fn sign(&self, claims: &Claims) -> String {
+        self.state.tokens.sign(claims).expect("sign")
+    }
+
+    /// A request builder for `method path` with an optional bearer token.
+    pub fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let builder = self
+            .client
+            .request(method, format!("{}{path}", self.address));
+        match token {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        self.request(Method::GET, path, token)
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    /// `method path` with a JSON body.
+    pub async fn send_json(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: &Value,
+    ) -> reqwest::Response {
+        self.request(method, path, token)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+}
+
+/// Asserts a problem+json response with `status` and `code`; returns its body.
+pub async fn assert_problem(response: reqwest::Response, status: StatusCode, code: &str) -> Value {
+    let actual = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let header_id = response
+        .headers()
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body: Value = response.json().await.expect("problem body is JSON");
+    assert_eq!(actual, status, "{body}");
+    assert_eq!(content_type, "application/problem+json", "{body}");
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status.as_u16(), "{body}");
+    assert!(
+        body["title"]
+            .as_str()
+            .is_some_and(|title| !title.is_empty()),
+        "{body}"
+    );
+    assert!(
+        body["type"]
+            .as_str()
+            .is_some_and(|kind| kind.ends_with(code)),
+        "{body}"
+    );
+    assert!(
+        !header_id.is_empty() && body["request_id"] == header_id.as_str(),
+        "{body}"
+    );
+    body
+}
+
+/// A `postgres://` URL for database `name` on the server of `DATABASE_URL`.
+pub fn database_url_for(name: &str) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let (scheme, rest) = base.split_once("://").expect("URL has a scheme");
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    let query = rest
+        .split_once('?')
+        .map(|(_, query)| format!("?{query}"))
+        .unwrap_or_default();
+    format!("{scheme}://{authority}/{name}{query}")
+}
+
+/// The name of the database behind `db`.
+pub fn database_name(db: &PgPool) -> String {
+    db.connect_options()
+        .get_database()
+        .expect("database name")
+        .to_owned()
+}

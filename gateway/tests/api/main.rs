@@ -1,0 +1,11 @@
+//! End-to-end tests of the gateway over real PostgreSQL and Redis: each test starts the real
+//! router on port 0 (`helpers::spawn_app`) or the real binary, and talks HTTP to it.
+
+mod audit;
+mod auth;
+mod binary;
+mod errors;
+mod helpers;
+mod operations;
+mod permission_matrix;
+mod sessions;

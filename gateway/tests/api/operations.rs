@@ -1,0 +1,151 @@
+//! `/healthz`, `/readyz`, `/metrics` and the OpenAPI document.
+
+use crate::helpers::{assert_problem, database_name, spawn_app, spawn_app_with};
+use reqwest::StatusCode;
+use serde_json::Value;
+use shared::Role;
+use sqlx::PgPool;
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn readyz_is_200_when_postgres_migrations_and_redis_are_fine(db: PgPool) {
+    let app = spawn_app(db).await;
+
+    let response = app.get("/readyz", None).await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["status"], "ready");
+    for check in ["postgres", "migrations", "redis", "draining"] {
+        assert_eq!(body["checks"][check], "ok", "{body}");
+    }
+}
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn readyz_is_503_naming_postgres_when_the_database_is_unreachable(db: PgPool) {
+    let app = spawn_app(db.clone()).await;
+    assert_eq!(app.get("/readyz", None).await.status(), StatusCode::OK);
+    let admin = PgPool::connect(&std::env::var("DATABASE_URL").expect("DATABASE_URL"))
+        .await
+        .expect("admin connection");
+
+    sqlx::query(&format!(
+        "drop database \"{}\" with (force)",
+        database_name(&db)
+    ))
+    .execute(&admin)
+    .await
+    .expect("drop the node's database");
+    let response = app.get("/readyz", None).await;
+
+    let body = assert_problem(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
+    )
+    .await;
+    assert_eq!(
+        body["failing"],
+        serde_json::json!(["migrations", "postgres"]),
+        "{body}"
+    );
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|detail| detail.contains("postgres")),
+        "{body}"
+    );
+    assert_eq!(app.get("/healthz", None).await.status(), StatusCode::OK);
+}
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn readyz_is_503_naming_redis_when_redis_is_unreachable(db: PgPool) {
+    let app = spawn_app_with(db, |settings| {
+        settings.redis_url = Some("redis://127.0.0.1:1".into());
+    })
+    .await;
+
+    let response = app.get("/readyz", None).await;
+
+    let body = assert_problem(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
+    )
+    .await;
+    assert_eq!(body["failing"], serde_json::json!(["redis"]), "{body}");
+    assert_eq!(body["checks"]["postgres"], "ok");
+}
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn readyz_is_503_when_migrations_are_missing(db: PgPool) {
+    let app = spawn_app(db).await;
+    sqlx::query("delete from _sqlx_migrations")
+        .execute(&app.db)
+        .await
+        .expect("forget migrations");
+
+    let response = app.get("/readyz", None).await;
+
+    let body = assert_problem(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
+    )
+    .await;
+    assert_eq!(body["failing"], serde_json::json!(["migrations"]), "{body}");
+}
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn metrics_count_requests_by_matched_route_and_expose_process_metrics(db: PgPool) {
+    let app = spawn_app(db).await;
+    let token = app.token("metrics-user", &[Role::User]);
+    app.get("/api/v1/sessions/me", Some(&token)).await;
+    app.get("/api/v1/audit/access-logs/12345", Some(&token))
+        .await;
+
+    let response = app.get("/metrics", None).await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.expect("text");
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with("http_requests_total{")
+                && line.contains(r#"route="/api/v1/sessions/me""#)
+                && line.contains(r#"status="200""#)),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"route="/api/v1/audit/access-logs/{id}""#),
+        "matched route, not raw path"
+    );
+    assert!(!text.contains("12345"), "raw paths must not become labels");
+    assert!(
+        text.contains("http_request_duration_seconds_bucket"),
+        "latency histogram"
+    );
+    assert!(
+        text.contains("process_resident_memory_bytes"),
+        "process metrics"
+    );
+}
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn the_openapi_document_is_3_1_and_describes_the_api(db: PgPool) {
+    let app = spawn_app(db).await;
+
+    let document: Value = app
+        .get("/api/v1/openapi.json", None)
+        .await
+        .json()
+        .await
+        .expect("json");
+
+    assert!(
+        document["openapi"]
+            .as_str()
+            .is_some_and(|version| version.starts_with("3.1"))
+    );
+    assert!(document["paths"]["/api/v1/sessions/me"]["get"].is_object());
+    assert!(document["components"]["securitySchemes"]["bearer"].is_object());
+    assert!(document["components"]["schemas"]["Problem"].is_object());
+}
