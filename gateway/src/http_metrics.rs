@@ -21,7 +21,9 @@ static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
 pub fn install() -> anyhow::Result<PrometheusHandle> {
     // Serializes installation: the global recorder can be set only once per process.
     static INSTALLING: Mutex<()> = Mutex::new(());
-    let _guard = INSTALLING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _guard = INSTALLING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some(handle) = HANDLE.get() {
         return Ok(handle.clone());
     }

@@ -1,1 +1,6 @@
-//! placeholder
+//! The realtime hub: channels, and (as the hub issue lands) session and task actors and the
+//! brokers linking nodes. Never imports axum.
+
+pub mod channel;
+
+pub use channel::{Channel, ChannelError};
