@@ -23,6 +23,19 @@ pub enum DomainError {
     /// The operation conflicts with the stored state.
     #[error("{0}")]
     Conflict(String),
+    /// Refunds of a charge would exceed it.
+    #[error("the refund exceeds what is left of the charge: {remaining} refundable")]
+    RefundExceedsCharge {
+        /// What may still be refunded.
+        remaining: i64,
+    },
+    /// Too much is queued for this resource: retry later.
+    #[error("{0}")]
+    Busy(String),
+    /// The operation's worker stopped before answering; its effect is unknown to the caller,
+    /// so it must retry with the same idempotency key.
+    #[error("{0}")]
+    Unavailable(String),
     /// PostgreSQL failed or is unreachable.
     #[error("database error")]
     Database(#[source] sqlx::Error),

@@ -4,7 +4,10 @@
 pub mod audit;
 pub mod db;
 pub mod error;
+pub mod idempotency;
 pub mod identity;
+pub mod ledger;
+pub mod pricing;
 pub mod sessions;
 
 pub use error::{DomainError, DomainResult};

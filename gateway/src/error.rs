@@ -102,6 +102,47 @@ impl ApiError {
     pub fn code(&self) -> ErrorCode {
         self.code
     }
+
+    /// The English explanation.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+
+    /// The error a domain failure becomes, without consuming it (for stored responses).
+    pub fn from_domain(error: &DomainError) -> Self {
+        match error {
+            DomainError::NotFound { what } => ApiError::not_found(format!("{what} not found")),
+            DomainError::Validation(detail) => ApiError::validation(detail.clone()),
+            DomainError::InsufficientCredits { .. } => ApiError::new(
+                StatusCode::PAYMENT_REQUIRED,
+                ErrorCode::InsufficientCredits,
+                error.to_string(),
+            ),
+            DomainError::RefundExceedsCharge { .. } => ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::RefundExceedsCharge,
+                error.to_string(),
+            ),
+            DomainError::Conflict(detail) => {
+                ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, detail.clone())
+            }
+            DomainError::Busy(detail) => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::TooManyRequests,
+                detail.clone(),
+            ),
+            DomainError::Unavailable(detail) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::ServiceUnavailable,
+                detail.clone(),
+            ),
+            DomainError::Database(_) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                "an unexpected error occurred; the request id locates it in the server log",
+            ),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -125,17 +166,8 @@ impl IntoResponse for ApiError {
 impl From<DomainError> for ApiError {
     fn from(error: DomainError) -> Self {
         match error {
-            DomainError::NotFound { what } => ApiError::not_found(format!("{what} not found")),
-            DomainError::Validation(detail) => ApiError::validation(detail),
-            error @ DomainError::InsufficientCredits { .. } => ApiError::new(
-                StatusCode::PAYMENT_REQUIRED,
-                ErrorCode::InsufficientCredits,
-                error.to_string(),
-            ),
-            DomainError::Conflict(detail) => {
-                ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, detail)
-            }
             DomainError::Database(source) => database_error(source),
+            other => ApiError::from_domain(&other),
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod error;
 pub mod http_metrics;
+pub mod idempotency;
 pub mod pagination;
 pub mod permissions;
 pub mod problem;
@@ -40,7 +41,7 @@ pub async fn launch(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     http_metrics::install()?;
-    let state = AppState::new(settings)?;
+    let state = AppState::new(settings).await?;
     if state.settings.database.migrate_on_start {
         domain::db::migrate(&state.db)
             .await
@@ -70,6 +71,7 @@ pub async fn serve(
         draining.store(true, Ordering::Release);
         tracing::info!("shutdown requested: draining");
     });
+    let purge = tokio::spawn(purge_idempotency_keys(state.clone(), shutdown.clone()));
     let mut server = std::pin::pin!(server.into_future());
     tokio::select! {
         result = &mut server => result.context("serving HTTP")?,
@@ -80,9 +82,38 @@ pub async fn serve(
             }
         }
     }
+    purge.abort();
+    state.ledger.stop();
     state.db.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Deletes expired idempotency keys every `idempotency.purge_interval_ms` until shutdown.
+async fn purge_idempotency_keys(state: AppState, shutdown: CancellationToken) {
+    const PER_STATEMENT: i64 = 10_000;
+    let every =
+        std::time::Duration::from_millis(state.settings.idempotency.purge_interval_ms.max(1000));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        loop {
+            match domain::idempotency::purge_expired(&state.db, PER_STATEMENT).await {
+                Ok(deleted) => {
+                    metrics::counter!("idempotency_keys_purged_total").increment(deleted);
+                    if deleted < PER_STATEMENT as u64 {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "purging expired idempotency keys failed");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// The full router: routes, permission enforcement, limits, telemetry, problem+json.

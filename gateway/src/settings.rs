@@ -40,6 +40,76 @@ pub struct Settings {
     pub http: HttpSettings,
     /// PostgreSQL pool.
     pub database: DatabaseSettings,
+    /// Per-account ledger actors.
+    pub ledger: LedgerSettings,
+    /// Idempotency keys.
+    pub idempotency: IdempotencySettings,
+}
+
+/// The per-account ledger actors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LedgerSettings {
+    /// Most operations per transaction; 1 turns batching off (the naive baseline).
+    pub max_batch: usize,
+    /// Most operations waiting for one account before 429s.
+    pub max_pending: usize,
+    /// An account actor idle this long stops.
+    pub idle_timeout_ms: u64,
+}
+
+/// Idempotency keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdempotencySettings {
+    /// How long a key and its stored response are kept (at least 24 h by contract).
+    pub ttl_hours: u64,
+    /// How long an unfinished request holds its key before a retry may take it over.
+    pub lease_ms: u64,
+    /// How often expired keys are purged.
+    pub purge_interval_ms: u64,
+}
+
+impl Default for LedgerSettings {
+    fn default() -> Self {
+        let defaults = domain::ledger::LedgerConfig::default();
+        Self {
+            max_batch: defaults.max_batch,
+            max_pending: defaults.max_pending,
+            idle_timeout_ms: defaults.idle_timeout.as_millis() as u64,
+        }
+    }
+}
+
+impl LedgerSettings {
+    /// The actor configuration.
+    pub fn config(&self) -> domain::ledger::LedgerConfig {
+        domain::ledger::LedgerConfig {
+            max_batch: self.max_batch,
+            max_pending: self.max_pending,
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+        }
+    }
+}
+
+impl Default for IdempotencySettings {
+    fn default() -> Self {
+        Self {
+            ttl_hours: 24,
+            lease_ms: 30_000,
+            purge_interval_ms: 600_000,
+        }
+    }
+}
+
+impl IdempotencySettings {
+    /// The key policy.
+    pub fn policy(&self) -> domain::idempotency::KeyPolicy {
+        domain::idempotency::KeyPolicy {
+            ttl: Duration::from_secs(self.ttl_hours * 3600),
+            lease: Duration::from_millis(self.lease_ms),
+        }
+    }
 }
 
 /// Limits of the HTTP server.
@@ -77,6 +147,8 @@ impl Default for Settings {
             dev_mode: false,
             http: HttpSettings::default(),
             database: DatabaseSettings::default(),
+            ledger: LedgerSettings::default(),
+            idempotency: IdempotencySettings::default(),
         }
     }
 }
@@ -140,6 +212,12 @@ impl Settings {
         }
         if self.database.max_connections == 0 {
             bail!("database.max_connections must be positive");
+        }
+        if self.ledger.max_batch == 0 || self.ledger.max_pending == 0 {
+            bail!("ledger.max_batch and ledger.max_pending must be positive");
+        }
+        if self.idempotency.ttl_hours < 24 {
+            bail!("idempotency.ttl_hours must be at least 24 (the API promises 24 h)");
         }
         if self.node_id.is_empty() || self.node_id.len() > 64 {
             bail!("HUB_NODE_ID must be 1 to 64 characters");

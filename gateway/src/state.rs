@@ -8,6 +8,7 @@ use anyhow::Context;
 use dashmap::DashSet;
 use domain::DomainError;
 use domain::identity::Principal;
+use domain::ledger::Ledger;
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub tokens: Arc<TokenKeys>,
     /// The permission matrix.
     pub permissions: Arc<PermissionMatrix>,
+    /// Per-account ledger actors.
+    pub ledger: Ledger,
     /// Invariant: false until shutdown starts, then true for good.
     pub draining: Arc<AtomicBool>,
     /// Invariant: every id in it has a `users` row (and its account, unless a service); ids are
@@ -40,7 +43,7 @@ pub struct AppState {
 
 impl AppState {
     /// Builds the state: opens the pool (lazily) and the Redis client, reads the matrix.
-    pub fn new(settings: Settings) -> anyhow::Result<Self> {
+    pub async fn new(settings: Settings) -> anyhow::Result<Self> {
         let db = domain::db::connect_lazy(
             settings.database_url()?,
             &domain::db::PoolOptions {
@@ -49,11 +52,11 @@ impl AppState {
             },
         )
         .context("parsing DATABASE_URL")?;
-        Self::with_pool(settings, db)
+        Self::with_pool(settings, db).await
     }
 
     /// Builds the state around an existing pool (tests pass the pool of their database).
-    pub fn with_pool(settings: Settings, db: PgPool) -> anyhow::Result<Self> {
+    pub async fn with_pool(settings: Settings, db: PgPool) -> anyhow::Result<Self> {
         let redis = settings
             .redis_url
             .as_ref()
@@ -62,7 +65,9 @@ impl AppState {
             .context("parsing REDIS_URL")?;
         let tokens = Arc::new(TokenKeys::new(&settings.jwt_secret()?));
         let permissions = Arc::new(PermissionMatrix::builtin()?);
+        let ledger = Ledger::start(db.clone(), settings.ledger.config()).await?;
         Ok(Self {
+            ledger,
             settings: Arc::new(settings),
             db,
             redis,

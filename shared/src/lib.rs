@@ -1,6 +1,7 @@
 //! Wire types shared by the hub, the gateway and the loadtest: roles, error codes, problem
 //! details and the JSON bodies of the HTTP API. Serde only, no IO.
 
+pub mod credits;
 pub mod error_code;
 pub mod page;
 pub mod problem;

@@ -2,6 +2,7 @@
 //! from the same registrations as the router and cannot drift from it.
 
 pub mod audit;
+pub mod credits;
 pub mod dev;
 pub mod ops;
 pub mod sessions;
@@ -53,7 +54,13 @@ pub fn all(dev_mode: bool) -> OpenApiRouter<AppState> {
         .routes(routes!(sessions::me))
         .routes(routes!(sessions::put_theme))
         .routes(routes!(audit::list))
-        .routes(routes!(audit::get));
+        .routes(routes!(audit::get))
+        .routes(routes!(credits::estimate))
+        .routes(routes!(credits::charge))
+        .routes(routes!(credits::refund))
+        .routes(routes!(credits::adjust))
+        .routes(routes!(credits::balance))
+        .routes(routes!(credits::ledger));
     if dev_mode {
         router = router.routes(routes!(dev::login));
     }

@@ -56,7 +56,9 @@ pub async fn spawn_app_with(db: PgPool, configure: impl FnOnce(&mut Settings)) -
     gateway::http_metrics::install().expect("metrics recorder");
     let mut settings = test_settings();
     configure(&mut settings);
-    let state = AppState::with_pool(settings, db.clone()).expect("state");
+    let state = AppState::with_pool(settings, db.clone())
+        .await
+        .expect("state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -1,0 +1,270 @@
+//! Idempotency keys in PostgreSQL: claim a key (a lease while in flight), complete it with the
+//! full response in the same transaction as the act, replay it, release it after a transient
+//! failure, purge expired ones.
+
+use crate::DomainResult;
+use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, PgPool, Row};
+use std::time::Duration;
+
+/// Identifies a key: scoped to (caller `sub`, route).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeyRef {
+    /// The caller's `sub`.
+    pub caller_id: String,
+    /// The route, e.g. `POST /api/v1/credits/charge`.
+    pub route: String,
+    /// The `Idempotency-Key` header.
+    pub key: String,
+}
+
+/// A response as stored and replayed, byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// Exact body bytes.
+    pub body: Vec<u8>,
+}
+
+/// What claiming a key found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The caller owns the key now: go ahead, then complete or release it.
+    Acquired,
+    /// The key was completed before with the same body: send this.
+    Replay(StoredResponse),
+    /// The first request with this key is still being processed.
+    InFlight,
+    /// The key was used with another body.
+    Reused,
+}
+
+/// How long keys live and how long an in-flight claim is honoured.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyPolicy {
+    /// Time a key (and its stored response) is kept.
+    pub ttl: Duration,
+    /// Time an unfinished claim blocks others before it may be taken over.
+    pub lease: Duration,
+}
+
+/// Whether `key` is an acceptable `Idempotency-Key`: 1-255 visible ASCII characters.
+pub fn valid_key(key: &str) -> bool {
+    (1..=255).contains(&key.len()) && key.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+/// SHA-256 of the canonical form of a request body: JSON with object keys sorted and no
+/// insignificant whitespace, so `{"a":1,"b":2}` and `{ "b": 2, "a": 1 }` are the same request.
+/// A body that is not JSON is hashed as its bytes.
+pub fn fingerprint(body: &[u8]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(value) => write_canonical(&value, &mut hasher),
+        Err(_) => {
+            hasher.update(b"raw:");
+            hasher.update(body);
+        }
+    }
+    hasher.finalize().into()
+}
+
+fn write_canonical(value: &serde_json::Value, hasher: &mut Sha256) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            hasher.update(b"{");
+            for (index, key) in keys.into_iter().enumerate() {
+                if index > 0 {
+                    hasher.update(b",");
+                }
+                hasher.update(Value::String(key.clone()).to_string().as_bytes());
+                hasher.update(b":");
+                write_canonical(&map[key], hasher);
+            }
+            hasher.update(b"}");
+        }
+        Value::Array(items) => {
+            hasher.update(b"[");
+            for (index, item) in items.iter().enumerate() {
+                if index > 0 {
+                    hasher.update(b",");
+                }
+                write_canonical(item, hasher);
+            }
+            hasher.update(b"]");
+        }
+        scalar => hasher.update(scalar.to_string().as_bytes()),
+    }
+}
+
+/// Claims `key` for a request whose body has `fingerprint`. A key nobody holds, an expired key,
+/// or an abandoned claim (lease over) with the same body is acquired; otherwise the stored state
+/// decides.
+pub async fn claim(
+    pool: &PgPool,
+    key: &KeyRef,
+    fingerprint: &[u8; 32],
+    policy: KeyPolicy,
+) -> DomainResult<Claim> {
+    let acquired = sqlx::query(
+        "insert into idempotency_keys \
+           (caller_id, route, key, fingerprint, status, expires_at, lease_expires_at) \
+         values ($1, $2, $3, $4, 'in_flight', now() + $5, now() + $6) \
+         on conflict (caller_id, route, key) do update \
+           set fingerprint = excluded.fingerprint, status = 'in_flight', response_status = null, \
+               response_body = null, completed_at = null, created_at = now(), \
+               expires_at = excluded.expires_at, lease_expires_at = excluded.lease_expires_at \
+         where idempotency_keys.expires_at < now() \
+            or (idempotency_keys.status = 'in_flight' \
+                and idempotency_keys.lease_expires_at < now() \
+                and idempotency_keys.fingerprint = excluded.fingerprint) \
+         returning 1",
+    )
+    .bind(&key.caller_id)
+    .bind(&key.route)
+    .bind(&key.key)
+    .bind(&fingerprint[..])
+    .bind(policy.ttl)
+    .bind(policy.lease)
+    .fetch_optional(pool)
+    .await?;
+    if acquired.is_some() {
+        return Ok(Claim::Acquired);
+    }
+    let Some(row) = sqlx::query(
+        "select fingerprint, status, response_status, response_body from idempotency_keys \
+         where caller_id = $1 and route = $2 and key = $3",
+    )
+    .bind(&key.caller_id)
+    .bind(&key.route)
+    .bind(&key.key)
+    .fetch_optional(pool)
+    .await?
+    else {
+        // Purged between the two statements: try once more from scratch.
+        return Box::pin(claim(pool, key, fingerprint, policy)).await;
+    };
+    if row.get::<Vec<u8>, _>("fingerprint") != fingerprint[..] {
+        return Ok(Claim::Reused);
+    }
+    match row.get::<String, _>("status").as_str() {
+        "completed" => Ok(Claim::Replay(StoredResponse {
+            status: u16::try_from(row.get::<i16, _>("response_status")).unwrap_or(500),
+            body: row.get("response_body"),
+        })),
+        _ => Ok(Claim::InFlight),
+    }
+}
+
+/// Completes claimed keys with their responses, on the connection of the act's transaction.
+pub async fn complete_many(
+    conn: &mut PgConnection,
+    completions: &[(&KeyRef, &StoredResponse)],
+) -> DomainResult<()> {
+    if completions.is_empty() {
+        return Ok(());
+    }
+    let callers: Vec<&str> = completions
+        .iter()
+        .map(|(key, _)| key.caller_id.as_str())
+        .collect();
+    let routes: Vec<&str> = completions
+        .iter()
+        .map(|(key, _)| key.route.as_str())
+        .collect();
+    let keys: Vec<&str> = completions
+        .iter()
+        .map(|(key, _)| key.key.as_str())
+        .collect();
+    let statuses: Vec<i16> = completions
+        .iter()
+        .map(|(_, response)| response.status as i16)
+        .collect();
+    let bodies: Vec<&[u8]> = completions
+        .iter()
+        .map(|(_, response)| response.body.as_slice())
+        .collect();
+    sqlx::query(
+        "update idempotency_keys k \
+            set status = 'completed', response_status = u.status, response_body = u.body, \
+                completed_at = now() \
+           from unnest($1::text[], $2::text[], $3::text[], $4::int2[], $5::bytea[]) \
+                as u(caller_id, route, key, status, body) \
+          where k.caller_id = u.caller_id and k.route = u.route and k.key = u.key",
+    )
+    .bind(&callers)
+    .bind(&routes)
+    .bind(&keys)
+    .bind(&statuses)
+    .bind(&bodies)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Completes one key in its own transaction (for answers that touch nothing else: validation
+/// failures, permission refusals).
+pub async fn complete(pool: &PgPool, key: &KeyRef, response: &StoredResponse) -> DomainResult<()> {
+    let mut conn = pool.acquire().await?;
+    complete_many(&mut conn, &[(key, response)]).await
+}
+
+/// Gives a claim up after a transient failure, so a retry can run; a completed key is kept.
+pub async fn release(pool: &PgPool, key: &KeyRef) -> DomainResult<()> {
+    sqlx::query(
+        "delete from idempotency_keys \
+         where caller_id = $1 and route = $2 and key = $3 and status = 'in_flight'",
+    )
+    .bind(&key.caller_id)
+    .bind(&key.route)
+    .bind(&key.key)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Deletes up to `limit` expired keys; returns how many.
+pub async fn purge_expired(pool: &PgPool, limit: i64) -> DomainResult<u64> {
+    let result = sqlx::query(
+        "delete from idempotency_keys where ctid in \
+           (select ctid from idempotency_keys where expires_at < now() limit $1)",
+    )
+    .bind(limit)
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_order_and_whitespace_do_not_change_the_fingerprint() {
+        assert_eq!(
+            fingerprint(br#"{"amount":5,"reason":"x","metadata":{"b":1,"a":[1,2]}}"#),
+            fingerprint(br#"{ "metadata": {"a": [1, 2], "b": 1}, "reason": "x", "amount": 5 }"#)
+        );
+    }
+
+    #[test]
+    fn a_different_value_changes_the_fingerprint() {
+        assert_ne!(
+            fingerprint(br#"{"amount":5}"#),
+            fingerprint(br#"{"amount":6}"#)
+        );
+        assert_ne!(fingerprint(br#"{"a":"1"}"#), fingerprint(br#"{"a":1}"#));
+    }
+
+    #[test]
+    fn keys_are_one_to_255_visible_ascii_characters() {
+        assert!(valid_key("0b6f3c2e-8f7a-4c55-9a55-1d2a3b4c5d6e"));
+        assert!(valid_key(&"k".repeat(255)));
+        for key in ["", "has space", "tab\t", "ключ", &"k".repeat(256)] {
+            assert!(!valid_key(key), "{key}");
+        }
+    }
+}

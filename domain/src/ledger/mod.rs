@@ -1,0 +1,160 @@
+//! The credits ledger: operations on an account (charge, refund, adjustment, recharge, hold,
+//! capture, release), applied in batches by the account's actor ([`actor::Ledger`]) with the
+//! SQL in [`store`].
+
+pub mod actor;
+pub mod store;
+
+use crate::DomainError;
+use crate::audit::Actor;
+use crate::idempotency::{KeyRef, StoredResponse};
+use shared::credits::LedgerEntry;
+use shared::session::Balance;
+use std::fmt;
+use std::sync::Arc;
+use uuid::Uuid;
+
+pub use actor::{Ledger, LedgerConfig};
+
+/// Reference written on the charge rows that repay a debt.
+pub const DEBT_REPAYMENT: &str = "debt_repayment";
+
+/// A balance-changing operation on one account.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Operation {
+    /// Take `amount` (> 0) credits.
+    Charge {
+        /// Credits to take.
+        amount: i64,
+        /// Why.
+        reason: String,
+        /// The task charged for.
+        task_id: Option<Uuid>,
+        /// Free-form JSON.
+        metadata: Option<serde_json::Value>,
+    },
+    /// Return `amount` of the charge `charge_entry_id`.
+    Refund {
+        /// The charge.
+        charge_entry_id: i64,
+        /// Credits to return.
+        amount: i64,
+        /// Why.
+        reason: String,
+    },
+    /// A manual correction of either sign.
+    Adjust {
+        /// Credits to grant (> 0) or remove (< 0).
+        amount: i64,
+        /// Why.
+        reason: String,
+    },
+    /// Credits bought; `reference` names the payment.
+    Recharge {
+        /// Credits.
+        amount: i64,
+        /// The payment order.
+        reference: String,
+    },
+    /// Reserve `amount` for a task.
+    Hold {
+        /// The new hold's id.
+        hold_id: Uuid,
+        /// The task.
+        task_id: Option<Uuid>,
+        /// Credits reserved.
+        amount: i64,
+    },
+    /// Settle a hold at the actual cost (supplementary deduction when above the hold).
+    Capture {
+        /// The hold.
+        hold_id: Uuid,
+        /// The actual cost.
+        actual: i64,
+    },
+    /// Return a hold whole.
+    Release {
+        /// The hold.
+        hold_id: Uuid,
+    },
+}
+
+impl Operation {
+    /// Short name for metrics and audit: `charge`, `refund`, ….
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Operation::Charge { .. } => "charge",
+            Operation::Refund { .. } => "refund",
+            Operation::Adjust { .. } => "adjustment",
+            Operation::Recharge { .. } => "recharge",
+            Operation::Hold { .. } => "hold",
+            Operation::Capture { .. } => "capture",
+            Operation::Release { .. } => "release",
+        }
+    }
+
+    /// The audit action of the operation, for the sensitive ones.
+    pub fn audit_action(&self) -> Option<&'static str> {
+        match self {
+            Operation::Charge { .. } => Some("credits.charge"),
+            Operation::Refund { .. } => Some("credits.refund"),
+            Operation::Adjust { .. } => Some("credits.adjust"),
+            Operation::Recharge { .. } => Some("credits.recharge"),
+            Operation::Hold { .. } | Operation::Capture { .. } | Operation::Release { .. } => None,
+        }
+    }
+}
+
+/// Turns an operation's result into the HTTP response stored with its idempotency key. Supplied
+/// by the gateway, which owns the mapping of errors to statuses and problem bodies.
+pub type Render = Arc<dyn Fn(&Result<Applied, DomainError>) -> StoredResponse + Send + Sync>;
+
+/// The idempotency key to complete in the operation's transaction, and how to render the answer.
+#[derive(Clone)]
+pub struct Completion {
+    /// The claimed key.
+    pub key: KeyRef,
+    /// Renders the stored response.
+    pub render: Render,
+}
+
+impl fmt::Debug for Completion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Completion")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One operation as sent to an account's actor.
+#[derive(Debug, Clone)]
+pub struct LedgerRequest {
+    /// The account.
+    pub account_id: String,
+    /// What to do.
+    pub operation: Operation,
+    /// Who asks (audit, ledger `actor_id`).
+    pub actor: Actor,
+    /// The idempotency key to complete with the answer, if any.
+    pub completion: Option<Completion>,
+}
+
+/// What an applied operation wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    /// The operation's own ledger row.
+    pub entry: LedgerEntry,
+    /// Rows written with it (a debt repayment).
+    pub related: Vec<LedgerEntry>,
+    /// The account's balances after the operation.
+    pub balance: Balance,
+}
+
+/// The answer to a [`LedgerRequest`].
+#[derive(Debug)]
+pub struct Outcome {
+    /// Applied, or why not.
+    pub result: Result<Applied, DomainError>,
+    /// The response stored with the idempotency key, when the request had one.
+    pub stored: Option<StoredResponse>,
+}

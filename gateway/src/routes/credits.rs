@@ -1,0 +1,406 @@
+//! `/api/v1/credits/*`: charge, refund, adjust (idempotent, through the account's actor),
+//! balance, ledger and estimate.
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult, Json, Query};
+use crate::idempotency;
+use crate::pagination::{PageParams, cursor_after};
+use crate::state::AppState;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use domain::DomainError;
+use domain::idempotency::StoredResponse;
+use domain::ledger::{Applied, Completion, LedgerRequest, Operation};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use shared::Problem;
+use shared::credits::{
+    AccountBalance, AdjustRequest, ChargeRequest, Estimate, EstimateRequest, LedgerEntry,
+    RefundRequest,
+};
+use shared::page::Page;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// Largest amount one operation may move: far above any real price, far below i64 overflow.
+const MAX_AMOUNT: i64 = 1_000_000_000_000;
+
+/// What a validated money request does: an operation on an account.
+struct Prepared {
+    account_id: String,
+    operation: Operation,
+}
+
+/// The money-route pipeline: idempotency key (required), claim, parse and validate (failures are
+/// stored), the account's actor (which stores the answer in its transaction), the answer.
+async fn run_money_route<F, Fut>(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    route: &str,
+    body: Bytes,
+    prepare: F,
+) -> Response
+where
+    F: FnOnce(Bytes) -> Fut,
+    Fut: Future<Output = Result<Prepared, ApiError>>,
+{
+    let request_id = caller.request_id.clone().unwrap_or_default();
+    let key = match idempotency::key_from(headers, caller, route, true) {
+        Ok(Some(key)) => key,
+        Ok(None) => {
+            return ApiError::internal(anyhow::anyhow!("required key missing")).into_response();
+        }
+        Err(error) => return error.into_response(),
+    };
+    match idempotency::claim(state, &key, &body).await {
+        Ok(None) => {}
+        Ok(Some(replay)) => return replay,
+        Err(error) => return error.into_response(),
+    }
+    let prepared = match prepare(body).await {
+        Ok(prepared) => prepared,
+        Err(error) => return idempotency::fail(state, &key, error, &request_id).await,
+    };
+    let render_id = request_id.clone();
+    let render: domain::ledger::Render =
+        Arc::new(move |result: &Result<Applied, DomainError>| match result {
+            Ok(applied) => StoredResponse {
+                status: StatusCode::CREATED.as_u16(),
+                body: serde_json::to_vec(&applied.entry).unwrap_or_default(),
+            },
+            Err(error) => idempotency::render_problem(&ApiError::from_domain(error), &render_id),
+        });
+    let request = LedgerRequest {
+        account_id: prepared.account_id,
+        operation: prepared.operation,
+        actor: caller.actor(),
+        completion: Some(Completion {
+            key: key.clone(),
+            render,
+        }),
+    };
+    match state.ledger.apply(request).await {
+        Ok(outcome) => match outcome.stored {
+            Some(stored) => idempotency::stored_response(stored, false),
+            None => {
+                // The batch failed as a whole: nothing was written, the key can be retried.
+                idempotency::release(state, &key).await;
+                match outcome.result {
+                    Err(error) => ApiError::from(error).into_response(),
+                    Ok(_) => {
+                        ApiError::internal(anyhow::anyhow!("outcome without a stored response"))
+                            .into_response()
+                    }
+                }
+            }
+        },
+        Err(error) => {
+            // Never sent, or the actor died: a committed batch completed the key (release is
+            // then a no-op); an uncommitted one wrote nothing, so a retry may run.
+            idempotency::release(state, &key).await;
+            ApiError::from(error).into_response()
+        }
+    }
+}
+
+/// Parses a JSON body with the same problem codes as the `Json` extractor.
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|error| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            shared::ErrorCode::MalformedJson,
+            format!("the body is not valid JSON: {error}"),
+        )
+    })?;
+    serde_path_to_error::deserialize(value).map_err(|error| {
+        let path = error.path().to_string();
+        let location = if path == "." {
+            "the body".to_owned()
+        } else {
+            format!("`{path}`")
+        };
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            shared::ErrorCode::InvalidBody,
+            format!("{location}: {}", error.inner()),
+        )
+    })
+}
+
+fn check_amount(amount: i64, allow_negative: bool) -> Result<(), ApiError> {
+    let ok = if allow_negative {
+        amount != 0
+    } else {
+        amount > 0
+    };
+    if !ok || amount.abs() > MAX_AMOUNT {
+        let rule = if allow_negative {
+            "non-zero"
+        } else {
+            "positive"
+        };
+        return Err(ApiError::validation(format!(
+            "amount must be {rule} and at most {MAX_AMOUNT} in size"
+        )));
+    }
+    Ok(())
+}
+
+fn check_reason(reason: &str) -> Result<String, ApiError> {
+    let reason = reason.trim();
+    if reason.is_empty() || reason.chars().count() > 500 {
+        return Err(ApiError::validation(
+            "reason is required: 1 to 500 characters",
+        ));
+    }
+    Ok(reason.to_owned())
+}
+
+/// The account a caller acts on: its own by default; another needs `{scope}:any`.
+fn target_account(
+    caller: &Caller,
+    requested: Option<&str>,
+    scope: &str,
+) -> Result<String, ApiError> {
+    let own = caller.principal.account_id.as_deref();
+    match (requested, own) {
+        (None, Some(own)) => Ok(own.to_owned()),
+        (None, None) => Err(ApiError::validation(
+            "account_id is required: this caller has no account",
+        )),
+        (Some(requested), _) if !crate::auth::valid_id(requested) => {
+            Err(ApiError::validation("account_id is not a valid id"))
+        }
+        (Some(requested), Some(own)) if requested == own => Ok(own.to_owned()),
+        (Some(requested), _) => {
+            let any = format!("{scope}:any");
+            if caller.has_scope(&any) {
+                Ok(requested.to_owned())
+            } else {
+                Err(ApiError::forbidden(format!(
+                    "acting on another account needs the scope `{any}`"
+                )))
+            }
+        }
+    }
+}
+
+/// Charges an account. `amount` > 0; 402 `insufficient_credits` writes nothing. A user charges
+/// only itself; service, operator and admin any account. Requires `Idempotency-Key`.
+#[utoipa::path(post, path = "/api/v1/credits/charge", tag = "credits", security(("bearer" = [])),
+    request_body = ChargeRequest,
+    params(("Idempotency-Key" = String, Header, description = "1-255 visible ASCII characters")),
+    responses(
+        (status = 201, body = LedgerEntry),
+        (status = 402, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub async fn charge(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let route = "POST /api/v1/credits/charge";
+    let (state, caller) = (&state, &caller);
+    run_money_route(state, caller, &headers, route, body, |body| async move {
+        let request: ChargeRequest = parse(&body)?;
+        check_amount(request.amount, false)?;
+        let reason = check_reason(&request.reason)?;
+        let task_id = request
+            .task_id
+            .as_deref()
+            .map(|id| {
+                Uuid::parse_str(id).map_err(|_| ApiError::validation("task_id must be a UUID"))
+            })
+            .transpose()?;
+        let account_id = target_account(caller, request.account_id.as_deref(), "credits:charge")?;
+        Ok(Prepared {
+            account_id,
+            operation: Operation::Charge {
+                amount: request.amount,
+                reason,
+                task_id,
+                metadata: request.metadata,
+            },
+        })
+    })
+    .await
+}
+
+/// Refunds (part of) a charge to its account. Finance and admin only; `reason` required; all
+/// refunds of a charge never exceed it (409 `refund_exceeds_charge`). Requires `Idempotency-Key`.
+#[utoipa::path(post, path = "/api/v1/credits/refund", tag = "credits", security(("bearer" = [])),
+    request_body = RefundRequest,
+    params(("Idempotency-Key" = String, Header, description = "1-255 visible ASCII characters")),
+    responses(
+        (status = 201, body = LedgerEntry),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json")))]
+pub async fn refund(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let route = "POST /api/v1/credits/refund";
+    let (state, caller) = (&state, &caller);
+    run_money_route(state, caller, &headers, route, body, |body| async move {
+        let request: RefundRequest = parse(&body)?;
+        check_amount(request.amount, false)?;
+        let reason = check_reason(&request.reason)?;
+        let account_id = domain::ledger::store::entry_account(&state.db, request.charge_entry_id)
+            .await
+            .map_err(crate::error::database_error)?
+            .ok_or_else(|| ApiError::not_found("charge entry not found"))?;
+        Ok(Prepared {
+            account_id,
+            operation: Operation::Refund {
+                charge_entry_id: request.charge_entry_id,
+                amount: request.amount,
+                reason,
+            },
+        })
+    })
+    .await
+}
+
+/// A manual adjustment: positive grants credits, negative removes them (never below zero).
+/// Finance and admin only; `reason` required. Requires `Idempotency-Key`.
+#[utoipa::path(post, path = "/api/v1/credits/adjust", tag = "credits", security(("bearer" = [])),
+    request_body = AdjustRequest,
+    params(("Idempotency-Key" = String, Header, description = "1-255 visible ASCII characters")),
+    responses(
+        (status = 201, body = LedgerEntry),
+        (status = 402, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn adjust(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let route = "POST /api/v1/credits/adjust";
+    let (state, caller) = (&state, &caller);
+    run_money_route(state, caller, &headers, route, body, |body| async move {
+        let request: AdjustRequest = parse(&body)?;
+        check_amount(request.amount, true)?;
+        let reason = check_reason(&request.reason)?;
+        if !crate::auth::valid_id(&request.account_id) {
+            return Err(ApiError::validation("account_id is not a valid id"));
+        }
+        Ok(Prepared {
+            account_id: request.account_id,
+            operation: Operation::Adjust {
+                amount: request.amount,
+                reason,
+            },
+        })
+    })
+    .await
+}
+
+/// `?account_id=` (default: the caller's own).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct BalanceQuery {
+    /// The account; another's needs `credits:read:any`.
+    pub account_id: Option<String>,
+}
+
+/// An account's balances.
+#[utoipa::path(get, path = "/api/v1/credits/balance", tag = "credits", security(("bearer" = [])),
+    params(BalanceQuery),
+    responses(
+        (status = 200, body = AccountBalance),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn balance(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<BalanceQuery>,
+) -> ApiResult<Json<AccountBalance>> {
+    let account_id = target_account(&caller, query.account_id.as_deref(), "credits:read")?;
+    let balance = domain::sessions::balance(&state.db, &account_id).await?;
+    Ok(Json(AccountBalance {
+        account_id,
+        available: balance.available,
+        held: balance.held,
+        total: balance.total,
+        debt: balance.debt,
+    }))
+}
+
+/// `?account_id=&from=&to=&limit=&cursor=`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct LedgerQuery {
+    /// The account; another's needs `credits:read:any`.
+    pub account_id: Option<String>,
+    /// From this time, RFC 3339 (inclusive).
+    pub from: Option<DateTime<Utc>>,
+    /// Up to this time, RFC 3339 (exclusive).
+    pub to: Option<DateTime<Utc>>,
+    /// Page size, 1 to 500 (default 50).
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// An account's ledger entries, newest first.
+#[utoipa::path(get, path = "/api/v1/credits/ledger", tag = "credits", security(("bearer" = [])),
+    params(LedgerQuery),
+    responses(
+        (status = 200, body = Page<LedgerEntry>),
+        (status = 400, body = Problem, content_type = "application/problem+json")))]
+pub async fn ledger(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<LedgerQuery>,
+) -> ApiResult<Json<Page<LedgerEntry>>> {
+    let account_id = target_account(&caller, query.account_id.as_deref(), "credits:read")?;
+    let page = PageParams {
+        limit: query.limit,
+        cursor: query.cursor,
+    };
+    let limit = page.limit()?;
+    let filter = domain::ledger::store::LedgerFilter {
+        from: query.from,
+        to: query.to,
+        before_id: page.before_id()?,
+    };
+    let mut items =
+        domain::ledger::store::list_entries(&state.db, &account_id, &filter, i64::from(limit) + 1)
+            .await
+            .map_err(crate::error::database_error)?;
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|last| cursor_after(last.entry_id))
+    } else {
+        None
+    };
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// Estimates a task's cost: the task type's price rule combined with the actual cost per unit of
+/// recent completed tasks of that type.
+#[utoipa::path(post, path = "/api/v1/credits/estimate", tag = "credits", security(("bearer" = [])),
+    request_body = EstimateRequest,
+    responses(
+        (status = 200, body = Estimate),
+        (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub async fn estimate(
+    State(state): State<AppState>,
+    Json(request): Json<EstimateRequest>,
+) -> ApiResult<Json<Estimate>> {
+    if request.units <= 0 || request.units > 1_000_000_000 {
+        return Err(ApiError::validation(
+            "units must be between 1 and 1000000000",
+        ));
+    }
+    let at = request.at.unwrap_or_else(Utc::now);
+    let estimate =
+        domain::pricing::estimate(&state.db, &request.task_type, request.units, at).await?;
+    Ok(Json(estimate))
+}
