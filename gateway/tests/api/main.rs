@@ -4,6 +4,7 @@
 mod audit;
 mod auth;
 mod binary;
+mod credits;
 mod errors;
 mod helpers;
 mod operations;

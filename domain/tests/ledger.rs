@@ -1,0 +1,452 @@
+//! The ledger against real PostgreSQL: batches, holds, debt, actors.
+
+use domain::DomainError;
+use domain::audit::Actor;
+use domain::identity::{Principal, provision};
+use domain::ledger::store::execute_batch;
+use domain::ledger::{Ledger, LedgerConfig, LedgerRequest, Operation};
+use shared::Role;
+use shared::credits::EntryKind;
+use sqlx::PgPool;
+use std::time::Duration;
+use uuid::Uuid;
+
+fn actor() -> Actor {
+    Actor {
+        id: "tester".into(),
+        roles: vec![Role::Admin],
+        request_id: None,
+        client_ip: None,
+    }
+}
+
+fn request(account: &str, operation: Operation) -> LedgerRequest {
+    LedgerRequest {
+        account_id: account.into(),
+        operation,
+        actor: actor(),
+        completion: None,
+    }
+}
+
+fn charge(amount: i64) -> Operation {
+    Operation::Charge {
+        amount,
+        reason: "test".into(),
+        task_id: None,
+        metadata: None,
+    }
+}
+
+async fn account(pool: &PgPool, id: &str, credits: i64) {
+    let principal = Principal {
+        user_id: id.into(),
+        display_name: id.into(),
+        roles: vec![Role::User],
+        account_id: Some(id.into()),
+    };
+    provision(pool, &principal).await.expect("provision");
+    if credits > 0 {
+        let funding = request(
+            id,
+            Operation::Adjust {
+                amount: credits,
+                reason: "fund".into(),
+            },
+        );
+        let outcomes = execute_batch(pool, id, &[funding]).await.expect("fund");
+        assert!(outcomes[0].result.is_ok());
+    }
+}
+
+async fn balances(pool: &PgPool, id: &str) -> (i64, i64, i64) {
+    sqlx::query_as("select available, held, debt from credit_accounts where id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("balances")
+}
+
+async fn rows(pool: &PgPool, id: &str, kind: &str) -> i64 {
+    sqlx::query_scalar("select count(*) from credit_ledger where account_id = $1 and kind = $2")
+        .bind(id)
+        .bind(kind)
+        .fetch_one(pool)
+        .await
+        .expect("count")
+}
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn in_one_batch_the_request_without_funds_fails_alone(pool: PgPool) {
+    account(&pool, "alice", 100).await;
+    let batch = [
+        request("alice", charge(50)),
+        request("alice", charge(80)),
+        request("alice", charge(30)),
+    ];
+
+    let outcomes = execute_batch(&pool, "alice", &batch).await.expect("batch");
+
+    assert!(outcomes[0].result.is_ok());
+    assert!(matches!(
+        outcomes[1].result,
+        Err(DomainError::InsufficientCredits {
+            available: 50,
+            requested: 80
+        })
+    ));
+    let third = outcomes[2].result.as_ref().expect("third applies");
+    assert_eq!(third.entry.balance_after, 20);
+    assert_eq!(balances(&pool, "alice").await, (20, 0, 0));
+    assert_eq!(rows(&pool, "alice", "charge").await, 2);
+}
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn a_batch_for_an_unknown_account_fails_every_request_and_writes_nothing(pool: PgPool) {
+    let outcomes = execute_batch(&pool, "ghost", &[request("ghost", charge(1))])
+        .await
+        .expect("batch");
+
+    assert!(matches!(
+        outcomes[0].result,
+        Err(DomainError::NotFound { .. })
+    ));
+    let total: i64 = sqlx::query_scalar("select count(*) from credit_ledger")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(total, 0);
+}
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn capture_above_the_hold_charges_the_difference_in_one_row(pool: PgPool) {
+    account(&pool, "alice", 100).await;
+    let ledger = Ledger::start(pool.clone(), LedgerConfig::default())
+        .await
+        .expect("ledger");
+    let hold_id = Uuid::new_v4();
+
+    let hold = ledger
+        .apply(request(
+            "alice",
+            Operation::Hold {
+                hold_id,
+                task_id: None,
+                amount: 40,
+            },
+        ))
+        .await
+        .expect("hold");
+    assert_eq!(hold.result.expect("held").balance.available, 60);
+    assert_eq!(balances(&pool, "alice").await, (60, 40, 0));
+    let capture = ledger
+        .apply(request(
+            "alice",
+            Operation::Capture {
+                hold_id,
+                actual: 55,
+            },
+        ))
+        .await
+        .expect("capture");
+
+    let applied = capture.result.expect("captured");
+    assert_eq!(applied.entry.kind, EntryKind::Capture);
+    assert_eq!(applied.entry.amount, -15, "the supplementary deduction");
+    assert_eq!(balances(&pool, "alice").await, (45, 0, 0));
+    assert_eq!(rows(&pool, "alice", "capture").await, 1);
+    let status: String = sqlx::query_scalar("select status from credit_holds where id = $1")
+        .bind(hold_id)
+        .fetch_one(&pool)
+        .await
+        .expect("hold");
+    assert_eq!(status, "captured");
+}
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn capture_below_the_hold_returns_the_rest_and_release_returns_all(pool: PgPool) {
+    account(&pool, "alice", 100).await;
+    let ledger = Ledger::start(pool.clone(), LedgerConfig::default())
+        .await
+        .expect("ledger");
+    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+    for hold_id in [first, second] {
+        let hold = Operation::Hold {
+            hold_id,
+            task_id: None,
+            amount: 30,
+        };
+        ledger
+            .apply(request("alice", hold))
+            .await
+            .expect("hold")
+            .result
+            .expect("held");
+    }
+
+    let captured = ledger
+        .apply(request(
+            "alice",
+            Operation::Capture {
+                hold_id: first,
+                actual: 20,
+            },
+        ))
+        .await
+        .expect("capture");
+    let released = ledger
+        .apply(request("alice", Operation::Release { hold_id: second }))
+        .await
+        .expect("release");
+
+    assert_eq!(captured.result.expect("captured").entry.amount, 10);
+    assert_eq!(released.result.expect("released").entry.amount, 30);
+    assert_eq!(balances(&pool, "alice").await, (80, 0, 0));
+    assert_eq!(
+        (
+            rows(&pool, "alice", "capture").await,
+            rows(&pool, "alice", "release").await
+        ),
+        (1, 1)
+    );
+    let again = ledger
+        .apply(request("alice", Operation::Release { hold_id: second }))
+        .await
+        .expect("release");
+    assert!(
+        matches!(again.result, Err(DomainError::Conflict(_))),
+        "a settled hold cannot be settled twice"
+    );
+}
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn an_uncovered_difference_becomes_debt_that_the_next_credit_repays_first(pool: PgPool) {
+    account(&pool, "alice", 10).await;
+    let ledger = Ledger::start(pool.clone(), LedgerConfig::default())
+        .await
+        .expect("ledger");
+    let hold_id = Uuid::new_v4();
+    ledger
+        .apply(request(
+            "alice",
+            Operation::Hold {
+                hold_id,
+                task_id: None,
+                amount: 8,
+            },
+        ))
+        .await
+        .expect("hold");
+
+    let capture = ledger
+        .apply(request(
+            "alice",
+            Operation::Capture {
+                hold_id,
+                actual: 20,
+            },
+        ))
+        .await
+        .expect("capture");
+    assert_eq!(
+        capture.result.expect("captured").entry.debt_after,
+        10,
+        "2 taken, 10 missing"
+    );
+    assert_eq!(balances(&pool, "alice").await, (0, 0, 10));
+
+    let credit = Operation::Adjust {
+        amount: 25,
+        reason: "compensation".into(),
+    };
+    let applied = ledger
+        .apply(request("alice", credit))
+        .await
+        .expect("adjust")
+        .result
+        .expect("adjusted");
+
+    assert_eq!(applied.related.len(), 1, "one debt repayment row");
+    assert_eq!(
+        (applied.related[0].amount, applied.related[0].debt_after),
+        (-10, 0)
+    );
+    assert_eq!(applied.balance.available, 15);
+    assert_eq!(balances(&pool, "alice").await, (15, 0, 0));
+    let sum: i64 = sqlx::query_scalar(
+        "select sum(amount)::bigint from credit_ledger where account_id = 'alice'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("sum");
+    assert_eq!(sum, 15, "available equals the sum of the ledger");
+}
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn many_concurrent_charges_through_one_actor_all_apply_in_order(pool: PgPool) {
+    account(&pool, "hot", 1_000).await;
+    let ledger = Ledger::start(
+        pool.clone(),
+        LedgerConfig {
+            max_batch: 64,
+            ..LedgerConfig::default()
+        },
+    )
+    .await
+    .expect("ledger");
+
+    let mut tasks = Vec::new();
+    for _ in 0..120 {
+        let ledger = ledger.clone();
+        tasks.push(tokio::spawn(async move {
+            ledger.apply(request("hot", charge(10))).await
+        }));
+    }
+    let mut applied = 0;
+    let mut refused = 0;
+    for task in tasks {
+        match task.await.expect("join").expect("outcome").result {
+            Ok(_) => applied += 1,
+            Err(DomainError::InsufficientCredits { .. }) => refused += 1,
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+
+    assert_eq!((applied, refused), (100, 20));
+    assert_eq!(balances(&pool, "hot").await, (0, 0, 0));
+    let chain_ok: bool = sqlx::query_scalar(
+        "select bool_and(balance_after = running) from (select balance_after, \
+           sum(amount) over (order by id) as running from credit_ledger where account_id = 'hot') t",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("chain");
+    assert!(
+        chain_ok,
+        "every balance_after is the running sum of the ledger"
+    );
+}
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn with_batching_off_charges_still_apply_one_by_one(pool: PgPool) {
+    account(&pool, "naive", 100).await;
+    let ledger = Ledger::start(
+        pool.clone(),
+        LedgerConfig {
+            max_batch: 1,
+            ..LedgerConfig::default()
+        },
+    )
+    .await
+    .expect("ledger");
+
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let ledger = ledger.clone();
+        tasks.push(tokio::spawn(async move {
+            ledger.apply(request("naive", charge(5))).await
+        }));
+    }
+    for task in tasks {
+        task.await
+            .expect("join")
+            .expect("outcome")
+            .result
+            .expect("applied");
+    }
+
+    assert_eq!(balances(&pool, "naive").await, (0, 0, 0));
+}
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn an_idle_actor_stops_and_the_next_operation_starts_a_new_one(pool: PgPool) {
+    account(&pool, "alice", 100).await;
+    let config = LedgerConfig {
+        idle_timeout: Duration::from_millis(50),
+        ..LedgerConfig::default()
+    };
+    let ledger = Ledger::start(pool.clone(), config).await.expect("ledger");
+    ledger
+        .apply(request("alice", charge(1)))
+        .await
+        .expect("first")
+        .result
+        .expect("applied");
+    assert_eq!(ledger.live_actors(), 1);
+
+    let mut waited = 0;
+    while ledger.live_actors() > 0 && waited < 200 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        waited += 1;
+    }
+    assert_eq!(ledger.live_actors(), 0, "the idle actor stopped");
+
+    ledger
+        .apply(request("alice", charge(1)))
+        .await
+        .expect("second")
+        .result
+        .expect("applied");
+    assert_eq!(ledger.live_actors(), 1);
+    assert_eq!(balances(&pool, "alice").await.0, 98);
+}
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn a_failed_batch_reaches_its_caller_as_an_error(pool: PgPool) {
+    account(&pool, "alice", 100).await;
+    let ledger = Ledger::start(pool.clone(), LedgerConfig::default())
+        .await
+        .expect("ledger");
+    pool.close().await;
+
+    let outcome = ledger
+        .apply(request("alice", charge(1)))
+        .await
+        .expect("an outcome, not silence");
+
+    assert!(
+        matches!(outcome.result, Err(DomainError::Unavailable(_))),
+        "{:?}",
+        outcome.result
+    );
+    assert!(
+        outcome.stored.is_none(),
+        "nothing stored: the key stays retryable"
+    );
+}
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn refunds_of_one_charge_never_exceed_it(pool: PgPool) {
+    account(&pool, "alice", 100).await;
+    let outcome = execute_batch(&pool, "alice", &[request("alice", charge(50))])
+        .await
+        .expect("charge");
+    let charge_id = outcome[0].result.as_ref().expect("charged").entry.entry_id;
+    let ledger = Ledger::start(pool.clone(), LedgerConfig::default())
+        .await
+        .expect("ledger");
+
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let ledger = ledger.clone();
+        let refund = Operation::Refund {
+            charge_entry_id: charge_id,
+            amount: 7,
+            reason: "sorry".into(),
+        };
+        tasks.push(tokio::spawn(async move {
+            ledger.apply(request("alice", refund)).await
+        }));
+    }
+    let mut applied = 0;
+    for task in tasks {
+        match task.await.expect("join").expect("outcome").result {
+            Ok(_) => applied += 1,
+            Err(DomainError::RefundExceedsCharge { .. }) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+
+    assert_eq!(applied, 7, "7 x 7 = 49 <= 50 < 56");
+    assert_eq!(balances(&pool, "alice").await.0, 99);
+}
