@@ -29,6 +29,9 @@ pub enum DomainError {
         /// What may still be refunded.
         remaining: i64,
     },
+    /// A license refused the operation.
+    #[error("license refused: {}", .0.as_str())]
+    License(shared::licenses::Violation),
     /// Too much is queued for this resource: retry later.
     #[error("{0}")]
     Busy(String),

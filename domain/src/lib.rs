@@ -7,6 +7,7 @@ pub mod error;
 pub mod idempotency;
 pub mod identity;
 pub mod ledger;
+pub mod licenses;
 pub mod pricing;
 pub mod sessions;
 

@@ -126,6 +126,7 @@ impl ApiError {
             DomainError::Conflict(detail) => {
                 ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, detail.clone())
             }
+            DomainError::License(violation) => license_refusal(*violation),
             DomainError::Busy(detail) => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 ErrorCode::TooManyRequests,
@@ -170,6 +171,26 @@ impl From<DomainError> for ApiError {
             other => ApiError::from_domain(&other),
         }
     }
+}
+
+/// The error a license refusal becomes: 404 when there is no license, 409 with the violation's
+/// code otherwise.
+pub fn license_refusal(violation: shared::licenses::Violation) -> ApiError {
+    use shared::licenses::Violation;
+    let code = match violation {
+        Violation::LicenseNotFound => return ApiError::not_found("license not found"),
+        Violation::QuotaExhausted => ErrorCode::QuotaExhausted,
+        Violation::LicenseSuspended => ErrorCode::LicenseSuspended,
+        Violation::LicenseRevoked => ErrorCode::LicenseRevoked,
+        Violation::LicenseExpired => ErrorCode::LicenseExpired,
+        Violation::LicenseNotYetValid => ErrorCode::LicenseNotYetValid,
+        Violation::ActionNotPermitted => ErrorCode::Forbidden,
+    };
+    ApiError::new(
+        StatusCode::CONFLICT,
+        code,
+        format!("the license refuses: {}", violation.as_str()),
+    )
 }
 
 /// A database failure: 503 when PostgreSQL cannot be reached, 500 otherwise.

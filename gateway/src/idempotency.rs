@@ -150,3 +150,81 @@ pub fn stored_response(stored: StoredResponse, replayed: bool) -> Response {
     }
     response
 }
+
+/// A PostgreSQL transaction owned by a unit of work (handed in and back, so the work's future
+/// needs no borrow).
+pub type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+
+/// Runs `work` in one transaction with optional idempotency (POSTs that accept a key): a replay
+/// is answered from the store; the answer (success or a 4xx that changed nothing) is stored in
+/// the work's own transaction; a 5xx or 429 rolls back and releases the key. Business refusals
+/// commit too, so what the work logged about them persists. Returns the response and, when the
+/// work succeeded and committed, its value (for after-commit effects such as cache invalidation).
+pub async fn run_tx<T, F, Fut>(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    route: &str,
+    body: &[u8],
+    success: StatusCode,
+    work: F,
+) -> (Response, Option<T>)
+where
+    T: serde::Serialize,
+    F: FnOnce(Tx) -> Fut,
+    Fut: Future<Output = (Tx, Result<T, ApiError>)>,
+{
+    let request_id = caller.request_id.clone().unwrap_or_default();
+    let key = match key_from(headers, caller, route, false) {
+        Ok(key) => key,
+        Err(error) => return (error.into_response(), None),
+    };
+    if let Some(key) = &key {
+        match claim(state, key, body).await {
+            Ok(None) => {}
+            Ok(Some(replay)) => return (replay, None),
+            Err(error) => return (error.into_response(), None),
+        }
+    }
+    let release_then = |error: ApiError| async {
+        if let Some(key) = &key {
+            release(state, key).await;
+        }
+        (error.into_response(), None)
+    };
+    let tx = match state.db.begin().await {
+        Ok(tx) => tx,
+        Err(error) => return release_then(crate::error::database_error(error)).await,
+    };
+    let (mut tx, result) = work(tx).await;
+    let (stored, value) = match result {
+        Ok(value) => match serde_json::to_vec(&value) {
+            Ok(body) => (
+                StoredResponse {
+                    status: success.as_u16(),
+                    body,
+                },
+                Some(value),
+            ),
+            Err(error) => return release_then(ApiError::internal(error)).await,
+        },
+        Err(error)
+            if error.status().is_server_error()
+                || error.status() == StatusCode::TOO_MANY_REQUESTS =>
+        {
+            drop(tx);
+            return release_then(error).await;
+        }
+        Err(error) => (render_problem(&error, &request_id), None),
+    };
+    if let Some(key) = &key
+        && let Err(error) = idempotency::complete_many(&mut tx, &[(key, &stored)]).await
+    {
+        drop(tx);
+        return release_then(ApiError::from(error)).await;
+    }
+    if let Err(error) = tx.commit().await {
+        return release_then(crate::error::database_error(error)).await;
+    }
+    (stored_response(stored, false), value)
+}

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod error;
 pub mod http_metrics;
 pub mod idempotency;
+pub mod license_cache;
 pub mod pagination;
 pub mod permissions;
 pub mod problem;

@@ -28,6 +28,9 @@ pub struct Settings {
     pub database_url: Option<SecretString>,
     /// Redis URL (`REDIS_URL`). Without it the node uses the in-process broker.
     pub redis_url: Option<SecretString>,
+    /// Prefix of every Redis key this deployment writes (`HUB_REDIS_KEY_PREFIX`), so several
+    /// deployments can share one Redis.
+    pub redis_key_prefix: String,
     /// Address to listen on (`HUB_LISTEN`).
     pub listen: SocketAddr,
     /// HS256 secret for bearer tokens (`HUB_JWT_SECRET`), at least 32 bytes.
@@ -141,6 +144,7 @@ impl Default for Settings {
         Self {
             database_url: None,
             redis_url: None,
+            redis_key_prefix: "hub".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             jwt_secret: None,
             node_id: default_node_id(),
@@ -218,6 +222,9 @@ impl Settings {
         }
         if self.idempotency.ttl_hours < 24 {
             bail!("idempotency.ttl_hours must be at least 24 (the API promises 24 h)");
+        }
+        if self.redis_key_prefix.is_empty() || self.redis_key_prefix.contains(char::is_whitespace) {
+            bail!("HUB_REDIS_KEY_PREFIX must be non-empty without whitespace");
         }
         if self.node_id.is_empty() || self.node_id.len() > 64 {
             bail!("HUB_NODE_ID must be 1 to 64 characters");

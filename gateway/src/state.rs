@@ -2,6 +2,7 @@
 
 use crate::auth::TokenKeys;
 use crate::error::{ApiError, database_error};
+use crate::license_cache::LicenseCache;
 use crate::permissions::PermissionMatrix;
 use crate::settings::Settings;
 use anyhow::Context;
@@ -34,6 +35,8 @@ pub struct AppState {
     pub permissions: Arc<PermissionMatrix>,
     /// Per-account ledger actors.
     pub ledger: Ledger,
+    /// License check cache (Redis; inert without it).
+    pub license_cache: LicenseCache,
     /// Invariant: false until shutdown starts, then true for good.
     pub draining: Arc<AtomicBool>,
     /// Invariant: every id in it has a `users` row (and its account, unless a service); ids are
@@ -66,8 +69,10 @@ impl AppState {
         let tokens = Arc::new(TokenKeys::new(&settings.jwt_secret()?));
         let permissions = Arc::new(PermissionMatrix::builtin()?);
         let ledger = Ledger::start(db.clone(), settings.ledger.config()).await?;
+        let license_cache = LicenseCache::new(redis.clone(), &settings.redis_key_prefix);
         Ok(Self {
             ledger,
+            license_cache,
             settings: Arc::new(settings),
             db,
             redis,

@@ -58,6 +58,14 @@ pub enum ErrorCode {
     InvalidTransition,
     /// The license has no quota left for the requested units.
     QuotaExhausted,
+    /// The license is suspended.
+    LicenseSuspended,
+    /// The license is revoked.
+    LicenseRevoked,
+    /// The license's validity has ended.
+    LicenseExpired,
+    /// The license's validity has not started.
+    LicenseNotYetValid,
     /// The request conflicts with the current state of the resource.
     Conflict,
     // --- server side
@@ -98,6 +106,10 @@ impl ErrorCode {
             ErrorCode::RefundExceedsCharge => "refund_exceeds_charge",
             ErrorCode::InvalidTransition => "invalid_transition",
             ErrorCode::QuotaExhausted => "quota_exhausted",
+            ErrorCode::LicenseSuspended => "license_suspended",
+            ErrorCode::LicenseRevoked => "license_revoked",
+            ErrorCode::LicenseExpired => "license_expired",
+            ErrorCode::LicenseNotYetValid => "license_not_yet_valid",
             ErrorCode::Conflict => "conflict",
             ErrorCode::TooManyRequests => "too_many_requests",
             ErrorCode::ServiceUnavailable => "service_unavailable",
@@ -132,6 +144,10 @@ impl ErrorCode {
             ErrorCode::RefundExceedsCharge => "Refund exceeds charge",
             ErrorCode::InvalidTransition => "Invalid transition",
             ErrorCode::QuotaExhausted => "Quota exhausted",
+            ErrorCode::LicenseSuspended => "License suspended",
+            ErrorCode::LicenseRevoked => "License revoked",
+            ErrorCode::LicenseExpired => "License expired",
+            ErrorCode::LicenseNotYetValid => "License not yet valid",
             ErrorCode::Conflict => "Conflict",
             ErrorCode::TooManyRequests => "Too many requests",
             ErrorCode::ServiceUnavailable => "Service unavailable",

@@ -3,6 +3,7 @@
 
 pub mod credits;
 pub mod error_code;
+pub mod licenses;
 pub mod page;
 pub mod problem;
 pub mod role;

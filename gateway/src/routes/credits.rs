@@ -108,7 +108,7 @@ where
 }
 
 /// Parses a JSON body with the same problem codes as the `Json` extractor.
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|error| {
         ApiError::new(
             StatusCode::BAD_REQUEST,

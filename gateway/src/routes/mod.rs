@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod credits;
 pub mod dev;
+pub mod licenses;
 pub mod ops;
 pub mod sessions;
 
@@ -60,7 +61,11 @@ pub fn all(dev_mode: bool) -> OpenApiRouter<AppState> {
         .routes(routes!(credits::refund))
         .routes(routes!(credits::adjust))
         .routes(routes!(credits::balance))
-        .routes(routes!(credits::ledger));
+        .routes(routes!(credits::ledger))
+        .routes(routes!(licenses::check))
+        .routes(routes!(licenses::grant))
+        .routes(routes!(licenses::get, licenses::update))
+        .routes(routes!(licenses::consume));
     if dev_mode {
         router = router.routes(routes!(dev::login));
     }

@@ -55,6 +55,8 @@ pub async fn spawn_app(db: PgPool) -> TestApp {
 pub async fn spawn_app_with(db: PgPool, configure: impl FnOnce(&mut Settings)) -> TestApp {
     gateway::http_metrics::install().expect("metrics recorder");
     let mut settings = test_settings();
+    // Nodes of one test share its database, hence its Redis keys; other tests' stay apart.
+    settings.redis_key_prefix = database_name(&db);
     configure(&mut settings);
     let state = AppState::with_pool(settings, db.clone())
         .await

@@ -7,6 +7,7 @@ mod binary;
 mod credits;
 mod errors;
 mod helpers;
+mod licenses;
 mod operations;
 mod permission_matrix;
 mod sessions;
