@@ -9,6 +9,7 @@ pub mod identity;
 pub mod ledger;
 pub mod licenses;
 pub mod pricing;
+pub mod seed;
 pub mod sessions;
 
 pub use error::{DomainError, DomainResult};

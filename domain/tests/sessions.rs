@@ -76,3 +76,39 @@ async fn balance_reports_available_held_total_and_debt(pool: PgPool) {
         Err(DomainError::NotFound { .. })
     ));
 }
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn seeding_twice_loads_the_demo_data_once(pool: PgPool) {
+    let first = domain::seed::seed(&pool).await.expect("first seed");
+    let second = domain::seed::seed(&pool).await.expect("second seed");
+
+    assert_eq!(
+        (
+            first.funded,
+            first.price_rules,
+            first.history,
+            first.licenses
+        ),
+        (4, 3, 60, 4)
+    );
+    assert_eq!(
+        (
+            second.funded,
+            second.price_rules,
+            second.history,
+            second.licenses
+        ),
+        (0, 0, 0, 0)
+    );
+    assert_eq!(
+        balance(&pool, "demo").await.expect("balance").available,
+        5_000
+    );
+    let estimate = domain::pricing::estimate(&pool, "render", 100, chrono::Utc::now())
+        .await
+        .expect("estimate");
+    assert_eq!(
+        estimate.samples, 40,
+        "the seeded history informs render estimates"
+    );
+}

@@ -33,6 +33,10 @@ enum Command {
     Serve,
     /// Apply pending database migrations to DATABASE_URL and exit (a no-op when up to date).
     Migrate,
+    /// Load demo data (idempotent): users with funded accounts, price rules with task history, and
+    /// licenses, so every endpoint can be tried right away. Users: demo (user+creator), alice,
+    /// bob, studio (creator), ops (operator), fin (finance), audit (auditor), admin.
+    Seed,
     /// Print a signed bearer token (HS256, HUB_JWT_SECRET) for ops and tests.
     Token {
         /// The user or service id (`sub` claim).
@@ -74,6 +78,26 @@ async fn main() -> anyhow::Result<()> {
             println!(
                 "migrations applied: {} known",
                 domain::db::MIGRATOR.iter().count()
+            );
+            Ok(())
+        }
+        Command::Seed => {
+            let pool = domain::db::connect_lazy(
+                settings.database_url()?,
+                &domain::db::PoolOptions {
+                    max_connections: 2,
+                    acquire_timeout: std::time::Duration::from_secs(10),
+                },
+            )?;
+            domain::db::migrate(&pool)
+                .await
+                .context("applying migrations")?;
+            let report = domain::seed::seed(&pool)
+                .await
+                .context("seeding demo data")?;
+            println!(
+                "seeded: {} users ({} funded now), {} price rules, {} historical tasks, {} licenses",
+                report.users, report.funded, report.price_rules, report.history, report.licenses
             );
             Ok(())
         }
