@@ -23,6 +23,9 @@ pub struct PoolOptions {
 pub fn connect_lazy(url: &str, options: &PoolOptions) -> Result<PgPool, sqlx::Error> {
     let connect = PgConnectOptions::from_str(url)?.application_name("hub-gateway");
     Ok(PgPoolOptions::new()
+        // No ping before every checkout (a round trip per request): a dead connection fails its
+        // query, which maps to 503, and the pool replaces it.
+        .test_before_acquire(false)
         .max_connections(options.max_connections)
         .acquire_timeout(options.acquire_timeout)
         .connect_lazy_with(connect))
