@@ -18,7 +18,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn as_str(self) -> &'static str {
+    /// The database name.
+    pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Success => "success",
             Outcome::Denied => "denied",
@@ -162,65 +163,4 @@ pub async fn get(conn: &mut PgConnection, id: i64) -> DomainResult<AuditRecord> 
     .ok_or(crate::DomainError::NotFound {
         what: "audit entry",
     })
-}
-
-/// Writes several audit rows with one statement (a ledger batch's), on `conn`.
-pub async fn record_many(
-    conn: &mut PgConnection,
-    rows: &[(&Actor, AuditEntry<'_>)],
-) -> DomainResult<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let actor_ids: Vec<&str> = rows.iter().map(|(actor, _)| actor.id.as_str()).collect();
-    // text[][] cannot be ragged: roles travel as comma-joined text and are split in SQL.
-    let roles: Vec<String> = rows
-        .iter()
-        .map(|(actor, _)| {
-            actor
-                .roles
-                .iter()
-                .map(|role| role.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .collect();
-    let actions: Vec<&str> = rows.iter().map(|(_, entry)| entry.action).collect();
-    let target_types: Vec<Option<&str>> = rows.iter().map(|(_, entry)| entry.target_type).collect();
-    let target_ids: Vec<Option<&str>> = rows.iter().map(|(_, entry)| entry.target_id).collect();
-    let outcomes: Vec<&str> = rows
-        .iter()
-        .map(|(_, entry)| entry.outcome.as_str())
-        .collect();
-    let request_ids: Vec<Option<&str>> = rows
-        .iter()
-        .map(|(actor, _)| actor.request_id.as_deref())
-        .collect();
-    let ips: Vec<Option<String>> = rows
-        .iter()
-        .map(|(actor, _)| actor.client_ip.map(|ip| ip.to_string()))
-        .collect();
-    let details: Vec<Option<serde_json::Value>> =
-        rows.iter().map(|(_, entry)| entry.detail.clone()).collect();
-    sqlx::query(
-        "insert into audit_access_log \
-           (actor_id, actor_roles, action, target_type, target_id, outcome, request_id, client_ip, detail) \
-         select actor_id, string_to_array(roles, ','), action, target_type, target_id, outcome, \
-                request_id, ip::inet, detail \
-           from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                       $7::text[], $8::text[], $9::jsonb[]) \
-                as u(actor_id, roles, action, target_type, target_id, outcome, request_id, ip, detail)",
-    )
-    .bind(&actor_ids)
-    .bind(&roles)
-    .bind(&actions)
-    .bind(&target_types)
-    .bind(&target_ids)
-    .bind(&outcomes)
-    .bind(&request_ids)
-    .bind(&ips)
-    .bind(&details)
-    .execute(conn)
-    .await?;
-    Ok(())
 }

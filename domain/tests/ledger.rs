@@ -450,3 +450,32 @@ async fn refunds_of_one_charge_never_exceed_it(pool: PgPool) {
     assert_eq!(applied, 7, "7 x 7 = 49 <= 50 < 56");
     assert_eq!(balances(&pool, "alice").await.0, 99);
 }
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn two_refunds_of_one_charge_in_one_batch_never_exceed_it(pool: PgPool) {
+    account(&pool, "alice", 100).await;
+    let charged = execute_batch(&pool, "alice", &[request("alice", charge(50))])
+        .await
+        .expect("charge");
+    let charge_entry_id = charged[0].result.as_ref().expect("charged").entry.entry_id;
+    let refund = |amount| Operation::Refund {
+        charge_entry_id,
+        amount,
+        reason: "sorry".into(),
+    };
+
+    let outcomes = execute_batch(
+        &pool,
+        "alice",
+        &[request("alice", refund(30)), request("alice", refund(30))],
+    )
+    .await
+    .expect("batch");
+
+    assert!(outcomes[0].result.is_ok());
+    assert!(matches!(
+        outcomes[1].result,
+        Err(DomainError::RefundExceedsCharge { remaining: 20 })
+    ));
+    assert_eq!(balances(&pool, "alice").await.0, 80);
+}

@@ -90,8 +90,10 @@ struct ChargeReport {
 fn bar(length: u64, message: &str) -> ProgressBar {
     let bar = ProgressBar::new(length);
     bar.set_style(
-        ProgressStyle::with_template("{msg:>12} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{msg:>12} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message(message.to_owned());
     bar
@@ -106,7 +108,13 @@ fn client() -> anyhow::Result<reqwest::Client> {
 }
 
 /// One charge; returns its outcome label.
-async fn charge(client: &reqwest::Client, target: &str, token: &str, key: &str, amount: i64) -> String {
+async fn charge(
+    client: &reqwest::Client,
+    target: &str,
+    token: &str,
+    key: &str,
+    amount: i64,
+) -> String {
     let body = serde_json::json!({"amount": amount, "reason": "loadtest"});
     match client
         .post(format!("{target}/api/v1/credits/charge"))
@@ -120,7 +128,11 @@ async fn charge(client: &reqwest::Client, target: &str, token: &str, key: &str, 
             let status = response.status().as_u16();
             // Drain the body so the connection goes back to the pool.
             let _ = response.bytes().await;
-            if status >= 500 { "5xx".to_owned() } else { status.to_string() }
+            if status >= 500 {
+                "5xx".to_owned()
+            } else {
+                status.to_string()
+            }
         }
         Err(error) if error.is_timeout() => "error: timeout".to_owned(),
         Err(error) if error.is_connect() => "error: connect".to_owned(),
@@ -141,12 +153,18 @@ async fn setup(
     let progress = bar(users.len() as u64, "setup");
     let limiter = Arc::new(tokio::sync::Semaphore::new(64));
     let mut tasks = JoinSet::new();
-    for (user, token) in users.iter().cloned() {
+    for (user, token) in users {
         if stop.is_cancelled() {
             break;
         }
+        let (user, token) = (user.clone(), token.clone());
         let permit = limiter.clone().acquire_owned().await?;
-        let (client, target, finance, progress) = (client.clone(), target.to_owned(), finance.clone(), progress.clone());
+        let (client, target, finance, progress) = (
+            client.clone(),
+            target.to_owned(),
+            finance.clone(),
+            progress.clone(),
+        );
         tasks.spawn(async move {
             let _permit = permit;
             let me = client.get(format!("{target}/api/v1/sessions/me")).bearer_auth(&token).send().await?;
@@ -194,10 +212,14 @@ async fn open_loop(
             () = stop.cancelled() => break,
             () = tokio::time::sleep_until(scheduled) => {}
         }
-        let (user_index, target) = ((n as usize * 7919) % users.len(), &args.targets[n as usize % args.targets.len()]);
+        let (user_index, target) = (
+            (n as usize * 7919) % users.len(),
+            &args.targets[n as usize % args.targets.len()],
+        );
         let token = users[user_index].1.clone();
         let (client, target, key) = (client.clone(), target.clone(), format!("{run}-{n}"));
-        let (histogram, outcomes, progress) = (histogram.clone(), outcomes.clone(), progress.clone());
+        let (histogram, outcomes, progress) =
+            (histogram.clone(), outcomes.clone(), progress.clone());
         let amount = args.amount;
         tasks.spawn(async move {
             let outcome = charge(&client, &target, &token, &key, amount).await;
@@ -216,7 +238,10 @@ async fn open_loop(
     while tasks.join_next().await.is_some() {}
     progress.finish();
     let seconds = started.elapsed().as_secs_f64();
-    let latency = histogram.lock().map(|h| Latency::of(&h)).unwrap_or_else(|_| Latency::of(&report::histogram()));
+    let latency = histogram
+        .lock()
+        .map(|h| Latency::of(&h))
+        .unwrap_or_else(|_| Latency::of(&report::histogram()));
     OpenLoopReport {
         targets: args.targets.clone(),
         rate_per_second: args.rate,
@@ -246,8 +271,13 @@ async fn hot_account(
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for worker in 0..args.hot_concurrency {
-        let (client, target, token, run, stop) =
-            (client.clone(), target.to_owned(), token.to_owned(), format!("{run}-{label}"), stop.clone());
+        let (client, target, token, run, stop) = (
+            client.clone(),
+            target.to_owned(),
+            token.to_owned(),
+            format!("{run}-{label}"),
+            stop.clone(),
+        );
         let (amount, progress) = (args.amount, progress.clone());
         tasks.spawn(async move {
             let mut histogram: Histogram<u64> = report::histogram();
@@ -255,7 +285,14 @@ async fn hot_account(
             let mut n = 0u64;
             while Instant::now() < deadline && !stop.is_cancelled() {
                 let sent = Instant::now();
-                let outcome = charge(&client, &target, &token, &format!("{run}-{worker}-{n}"), amount).await;
+                let outcome = charge(
+                    &client,
+                    &target,
+                    &token,
+                    &format!("{run}-{worker}-{n}"),
+                    amount,
+                )
+                .await;
                 report::record(&mut histogram, sent.elapsed());
                 *outcomes.entry(outcome).or_default() += 1;
                 n += 1;
@@ -289,7 +326,10 @@ async fn hot_account(
 
 /// Runs the scenario and prints and writes its report.
 pub async fn run(args: ChargeArgs, stop: CancellationToken) -> anyhow::Result<()> {
-    anyhow::ensure!(args.accounts > 0 && args.rate > 0, "--accounts and --rate must be positive");
+    anyhow::ensure!(
+        args.accounts > 0 && args.rate > 0,
+        "--accounts and --rate must be positive"
+    );
     let minter = Minter::new(&args.jwt_secret, 6 * 3600)?;
     let client = client()?;
     let run = format!("{}-{}", args.prefix, chrono::Utc::now().timestamp_millis());
@@ -313,7 +353,15 @@ pub async fn run(args: ChargeArgs, stop: CancellationToken) -> anyhow::Result<()
         let hot_user = format!("{}-hot", args.prefix);
         let token = minter.token(&hot_user, &["user"])?;
         let hot_users = [(hot_user, token.clone())];
-        setup(&client, &args.targets[0], &minter, &hot_users, 1_000_000_000_000, &stop).await?;
+        setup(
+            &client,
+            &args.targets[0],
+            &minter,
+            &hot_users,
+            1_000_000_000_000,
+            &stop,
+        )
+        .await?;
         let mut nodes = vec![("batched", args.targets[0].clone())];
         if let Some(naive) = &args.naive_target {
             nodes.push(("naive", naive.clone()));
@@ -326,10 +374,18 @@ pub async fn run(args: ChargeArgs, stop: CancellationToken) -> anyhow::Result<()
         }
     }
     let ratio = match hot.as_slice() {
-        [batched, naive] if naive.charges_per_second > 0.0 => Some(batched.charges_per_second / naive.charges_per_second),
+        [batched, naive] if naive.charges_per_second > 0.0 => {
+            Some(batched.charges_per_second / naive.charges_per_second)
+        }
         _ => None,
     };
-    let report = ChargeReport { scenario: "charge", started_at, open_loop: open, hot, batched_over_naive: ratio };
+    let report = ChargeReport {
+        scenario: "charge",
+        started_at,
+        open_loop: open,
+        hot,
+        batched_over_naive: ratio,
+    };
     print(&report);
     if let Some(path) = &args.report {
         report::write_json(path, &report)?;
@@ -341,25 +397,63 @@ fn print(report: &ChargeReport) {
     if let Some(open) = &report.open_loop {
         let mut rows = vec![
             ("targets".to_owned(), open.targets.join(", ")),
-            ("arrival rate".to_owned(), format!("{}/s over {} accounts", open.rate_per_second, open.accounts)),
-            ("sent".to_owned(), format!("{} of {} in {:.1} s", open.sent, open.planned, open.seconds)),
-            ("latency p50".to_owned(), format!("{:.2} ms", open.latency.p50_ms)),
-            ("latency p95".to_owned(), format!("{:.2} ms", open.latency.p95_ms)),
-            ("latency p99".to_owned(), format!("{:.2} ms", open.latency.p99_ms)),
-            ("latency max".to_owned(), format!("{:.2} ms", open.latency.max_ms)),
+            (
+                "arrival rate".to_owned(),
+                format!("{}/s over {} accounts", open.rate_per_second, open.accounts),
+            ),
+            (
+                "sent".to_owned(),
+                format!("{} of {} in {:.1} s", open.sent, open.planned, open.seconds),
+            ),
+            (
+                "latency p50".to_owned(),
+                format!("{:.2} ms", open.latency.p50_ms),
+            ),
+            (
+                "latency p95".to_owned(),
+                format!("{:.2} ms", open.latency.p95_ms),
+            ),
+            (
+                "latency p99".to_owned(),
+                format!("{:.2} ms", open.latency.p99_ms),
+            ),
+            (
+                "latency max".to_owned(),
+                format!("{:.2} ms", open.latency.max_ms),
+            ),
         ];
-        rows.extend(open.outcomes.iter().map(|(outcome, count)| (format!("outcome {outcome}"), count.to_string())));
+        rows.extend(
+            open.outcomes
+                .iter()
+                .map(|(outcome, count)| (format!("outcome {outcome}"), count.to_string())),
+        );
         report::table("charge: open loop", &rows);
     }
     for hot in &report.hot {
         let mut rows = vec![
             ("target".to_owned(), hot.target.clone()),
             ("clients".to_owned(), hot.concurrency.to_string()),
-            ("charges/s".to_owned(), format!("{:.0} ({} in {:.1} s)", hot.charges_per_second, hot.charges_applied, hot.seconds)),
-            ("latency p50".to_owned(), format!("{:.2} ms", hot.latency.p50_ms)),
-            ("latency p99".to_owned(), format!("{:.2} ms", hot.latency.p99_ms)),
+            (
+                "charges/s".to_owned(),
+                format!(
+                    "{:.0} ({} in {:.1} s)",
+                    hot.charges_per_second, hot.charges_applied, hot.seconds
+                ),
+            ),
+            (
+                "latency p50".to_owned(),
+                format!("{:.2} ms", hot.latency.p50_ms),
+            ),
+            (
+                "latency p99".to_owned(),
+                format!("{:.2} ms", hot.latency.p99_ms),
+            ),
         ];
-        rows.extend(hot.outcomes.iter().map(|(outcome, count)| (format!("outcome {outcome}"), count.to_string())));
+        rows.extend(
+            hot.outcomes
+                .iter()
+                .map(|(outcome, count)| (format!("outcome {outcome}"), count.to_string())),
+        );
         report::table(&format!("charge: hot account, {} node", hot.label), &rows);
     }
     if let Some(ratio) = report.batched_over_naive {

@@ -20,14 +20,29 @@ pub struct Minter {
 impl Minter {
     /// A minter for `secret`.
     pub fn new(secret: &str, ttl_seconds: i64) -> anyhow::Result<Self> {
-        anyhow::ensure!(secret.len() >= 32, "the JWT secret must be at least 32 bytes (HUB_JWT_SECRET)");
-        Ok(Self { key: EncodingKey::from_secret(secret.as_bytes()), ttl_seconds })
+        anyhow::ensure!(
+            secret.len() >= 32,
+            "the JWT secret must be at least 32 bytes (HUB_JWT_SECRET)"
+        );
+        Ok(Self {
+            key: EncodingKey::from_secret(secret.as_bytes()),
+            ttl_seconds,
+        })
     }
 
     /// A token for `sub` with `roles`.
     pub fn token(&self, sub: &str, roles: &[&str]) -> anyhow::Result<String> {
         let now = chrono::Utc::now().timestamp();
-        let claims = Claims { sub, roles, iat: now, exp: now + self.ttl_seconds };
-        Ok(jsonwebtoken::encode(&Header::default(), &claims, &self.key)?)
+        let claims = Claims {
+            sub,
+            roles,
+            iat: now,
+            exp: now + self.ttl_seconds,
+        };
+        Ok(jsonwebtoken::encode(
+            &Header::default(),
+            &claims,
+            &self.key,
+        )?)
     }
 }

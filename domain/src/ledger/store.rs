@@ -8,13 +8,15 @@
 //! inside the same transaction: a commit has every charge together with its stored response.
 
 use super::{Applied, DEBT_REPAYMENT, LedgerRequest, Operation, Outcome};
-use crate::audit::{AuditEntry, Outcome as AuditOutcome};
+use crate::audit::Outcome as AuditOutcome;
 use crate::idempotency::StoredResponse;
 use crate::{DomainError, audit, idempotency};
+use chrono::{DateTime, Utc};
 use shared::credits::{EntryKind, LedgerEntry};
 use shared::session::Balance;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
+use std::collections::HashMap;
 use uuid::Uuid;
 
 /// The account's balances, kept current through the batch.
@@ -26,14 +28,6 @@ struct Balances {
 }
 
 impl Balances {
-    fn after(entry: &LedgerEntry) -> Self {
-        Self {
-            available: entry.balance_after,
-            held: entry.held_after,
-            debt: entry.debt_after,
-        }
-    }
-
     fn public(self) -> Balance {
         Balance {
             available: self.available,
@@ -85,89 +79,349 @@ pub fn entry_from_row(row: &PgRow) -> Result<LedgerEntry, sqlx::Error> {
     })
 }
 
+/// The batch being planned: balances as the trigger will leave them, ledger ids allocated up
+/// front, and the rows to insert, in order.
+struct Plan<'a> {
+    account_id: &'a str,
+    balances: Balances,
+    now: DateTime<Utc>,
+    ids: std::vec::IntoIter<i64>,
+    rows: Vec<PlannedRow>,
+    /// Refunds planned in this batch per charge (not yet in the table).
+    refunded: HashMap<i64, i64>,
+}
+
+/// A ledger row to insert, with what the trigger must compute for it.
+struct PlannedRow {
+    entry: LedgerEntry,
+    held_delta: i64,
+    debt_delta: i64,
+    hold_id: Option<Uuid>,
+    task_id: Option<Uuid>,
+    metadata: Option<serde_json::Value>,
+    actor_id: String,
+    request_id: Option<String>,
+}
+
+impl Plan<'_> {
+    /// Plans one row: assigns its id and moves the balances as the trigger will.
+    fn entry(
+        &mut self,
+        kind: EntryKind,
+        actor: &audit::Actor,
+        new: NewEntry<'_>,
+    ) -> Result<LedgerEntry, sqlx::Error> {
+        let entry_id = self
+            .ids
+            .next()
+            .ok_or_else(|| sqlx::Error::Protocol("ledger batch ran out of allocated ids".into()))?;
+        self.balances.available += new.amount;
+        self.balances.held += new.held_delta;
+        self.balances.debt += new.debt_delta;
+        let entry = LedgerEntry {
+            entry_id,
+            account_id: self.account_id.to_owned(),
+            kind,
+            amount: new.amount,
+            balance_after: self.balances.available,
+            held_after: self.balances.held,
+            debt_after: self.balances.debt,
+            reference: new.reference.map(str::to_owned),
+            reason: new.reason.map(str::to_owned),
+            related_entry_id: new.related_entry_id,
+            task_id: new.task_id.map(|id| id.to_string()),
+            created_at: self.now,
+        };
+        self.rows.push(PlannedRow {
+            entry: entry.clone(),
+            held_delta: new.held_delta,
+            debt_delta: new.debt_delta,
+            hold_id: new.hold_id,
+            task_id: new.task_id,
+            metadata: new.metadata.cloned(),
+            actor_id: actor.id.clone(),
+            request_id: actor.request_id.clone(),
+        });
+        Ok(entry)
+    }
+}
+
 /// Applies `batch` (all for `account_id`) in one transaction and returns one outcome per request,
 /// in order. A database failure fails the whole batch (nothing is committed).
+///
+/// Round trips per batch, whatever its size: BEGIN; lock the account and allocate ledger ids;
+/// one statement writing every ledger row, idempotency answer and audit row; COMMIT. (Refunds and
+/// holds add their own reads and hold-row writes.) Each operation is validated against the
+/// running balances in memory first, so a request that lacks funds fails alone.
 pub async fn execute_batch(
     pool: &PgPool,
     account_id: &str,
     batch: &[LedgerRequest],
 ) -> Result<Vec<Outcome>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let locked =
-        sqlx::query("select available, held, debt from credit_accounts where id = $1 for update")
-            .bind(account_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let mut results = Vec::with_capacity(batch.len());
-    match locked {
-        None => {
-            for _ in batch {
-                results.push(Err(DomainError::NotFound {
+    // A credit may write a second row (its debt repayment); anything else writes one.
+    let ids_needed: usize = batch
+        .iter()
+        .map(|request| match request.operation {
+            Operation::Refund { .. } | Operation::Adjust { .. } | Operation::Recharge { .. } => 2,
+            _ => 1,
+        })
+        .sum();
+    let locked = sqlx::query(
+        "select available, held, debt, now() as now, \
+                array(select nextval(pg_get_serial_sequence('credit_ledger', 'id')) \
+                        from generate_series(1, $2)) as ids \
+           from credit_accounts where id = $1 for update",
+    )
+    .bind(account_id)
+    .bind(ids_needed as i32)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = locked else {
+        let outcomes: Vec<Outcome> = batch
+            .iter()
+            .map(|request| {
+                let result = Err(DomainError::NotFound {
                     what: "credit account (accounts are created on their owner's first request)",
-                }));
-            }
-        }
-        Some(row) => {
-            let mut balances = Balances {
-                available: row.try_get("available")?,
-                held: row.try_get("held")?,
-                debt: row.try_get("debt")?,
-            };
-            for request in batch {
-                results.push(apply_one(&mut tx, account_id, request, &mut balances).await?);
-            }
-        }
-    }
-
+                });
+                let stored = request
+                    .completion
+                    .as_ref()
+                    .map(|completion| (completion.render)(&result));
+                Outcome { result, stored }
+            })
+            .collect();
+        write_batch(&mut tx, account_id, batch, &outcomes, &[]).await?;
+        tx.commit().await?;
+        return Ok(outcomes);
+    };
+    let mut plan = Plan {
+        account_id,
+        balances: Balances {
+            available: row.try_get("available")?,
+            held: row.try_get("held")?,
+            debt: row.try_get("debt")?,
+        },
+        now: row.try_get("now")?,
+        ids: row.try_get::<Vec<i64>, _>("ids")?.into_iter(),
+        rows: Vec::new(),
+        refunded: HashMap::new(),
+    };
     let mut outcomes = Vec::with_capacity(batch.len());
-    let mut audit_rows = Vec::new();
-    for (request, result) in batch.iter().zip(results) {
+    for request in batch {
+        let result = apply_one(&mut tx, request, &mut plan).await?;
         let stored = request
             .completion
             .as_ref()
             .map(|completion| (completion.render)(&result));
-        if let Some(action) = request.operation.audit_action() {
-            audit_rows.push((request, action, audit_detail(request, &result)));
-        }
         outcomes.push(Outcome { result, stored });
     }
-    let completions: Vec<(&idempotency::KeyRef, &StoredResponse)> = batch
-        .iter()
-        .zip(&outcomes)
-        .filter_map(|(request, outcome)| {
-            Some((&request.completion.as_ref()?.key, outcome.stored.as_ref()?))
-        })
-        .collect();
-    idempotency::complete_many(&mut tx, &completions)
-        .await
-        .map_err(into_sqlx)?;
-    let entries: Vec<(&audit::Actor, AuditEntry<'_>)> = audit_rows
-        .iter()
-        .map(|(request, action, (outcome, detail))| {
-            (
-                &request.actor,
-                AuditEntry {
-                    action,
-                    target_type: Some("credit_account"),
-                    target_id: Some(account_id),
-                    outcome: *outcome,
-                    detail: Some(detail.clone()),
-                },
-            )
-        })
-        .collect();
-    audit::record_many(&mut tx, &entries)
-        .await
-        .map_err(into_sqlx)?;
+    write_batch(&mut tx, account_id, batch, &outcomes, &plan.rows).await?;
     tx.commit().await?;
     Ok(outcomes)
 }
 
-fn into_sqlx(error: DomainError) -> sqlx::Error {
-    match error {
-        DomainError::Database(error) => error,
-        other => sqlx::Error::Protocol(other.to_string()),
+/// The batch's one write: ledger rows (the trigger applies each and computes its balances, which
+/// must equal the planned ones), idempotency answers, audit rows.
+async fn write_batch(
+    conn: &mut PgConnection,
+    account_id: &str,
+    batch: &[LedgerRequest],
+    outcomes: &[Outcome],
+    rows: &[PlannedRow],
+) -> Result<(), sqlx::Error> {
+    let completions: Vec<(&idempotency::KeyRef, &StoredResponse)> = batch
+        .iter()
+        .zip(outcomes)
+        .filter_map(|(request, outcome)| {
+            Some((&request.completion.as_ref()?.key, outcome.stored.as_ref()?))
+        })
+        .collect();
+    let audits: Vec<(&LedgerRequest, &str, (AuditOutcome, serde_json::Value))> = batch
+        .iter()
+        .zip(outcomes)
+        .filter_map(|(request, outcome)| {
+            let action = request.operation.audit_action()?;
+            Some((request, action, audit_detail(request, &outcome.result)))
+        })
+        .collect();
+    let numbers = |f: fn(&PlannedRow) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
+    let texts = |f: fn(&PlannedRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
+    let roles = |request: &LedgerRequest| {
+        request
+            .actor
+            .roles
+            .iter()
+            .map(|role| role.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let written = sqlx::query(
+        "with entries as ( \
+           insert into credit_ledger (id, account_id, kind, amount, held_delta, debt_delta, \
+               reference, related_entry_id, hold_id, task_id, reason, metadata, actor_id, \
+               request_id, created_at) \
+           overriding system value \
+           select id, $2, kind, amount, held_delta, debt_delta, reference, related, hold_id, \
+                  task_id, reason, metadata, actor_id, request_id, $3 \
+             from unnest($1::bigint[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[], \
+                         $8::text[], $9::bigint[], $10::uuid[], $11::uuid[], $12::text[], \
+                         $13::jsonb[], $14::text[], $15::text[]) with ordinality \
+                  as r(id, kind, amount, held_delta, debt_delta, reference, related, hold_id, \
+                       task_id, reason, metadata, actor_id, request_id, ord) \
+            order by ord \
+           returning id, balance_after, held_after, debt_after), \
+         answers as ( \
+           update idempotency_keys k \
+              set status = 'completed', response_status = u.status, response_body = u.body, \
+                  completed_at = now() \
+             from unnest($16::text[], $17::text[], $18::text[], $19::int2[], $20::bytea[]) \
+                  as u(caller_id, route, key, status, body) \
+            where k.caller_id = u.caller_id and k.route = u.route and k.key = u.key \
+           returning 1), \
+         audit as ( \
+           insert into audit_access_log (actor_id, actor_roles, action, target_type, target_id, \
+               outcome, request_id, client_ip, detail) \
+           select actor_id, string_to_array(roles, ','), action, 'credit_account', $2, outcome, \
+                  request_id, ip::inet, detail \
+             from unnest($21::text[], $22::text[], $23::text[], $24::text[], $25::text[], \
+                         $26::text[], $27::jsonb[]) \
+                  as a(actor_id, roles, action, outcome, request_id, ip, detail) \
+           returning 1) \
+         select id, balance_after, held_after, debt_after from entries",
+    )
+    .bind(numbers(|row| row.entry.entry_id))
+    .bind(account_id)
+    .bind(rows.first().map(|row| row.entry.created_at))
+    .bind(
+        rows.iter()
+            .map(|row| row.entry.kind.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(numbers(|row| row.entry.amount))
+    .bind(numbers(|row| row.held_delta))
+    .bind(numbers(|row| row.debt_delta))
+    .bind(texts(|row| row.entry.reference.clone()))
+    .bind(
+        rows.iter()
+            .map(|row| row.entry.related_entry_id)
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|row| row.hold_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|row| row.task_id).collect::<Vec<_>>())
+    .bind(texts(|row| row.entry.reason.clone()))
+    .bind(
+        rows.iter()
+            .map(|row| row.metadata.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|row| row.actor_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(texts(|row| row.request_id.clone()))
+    .bind(
+        completions
+            .iter()
+            .map(|(key, _)| key.caller_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        completions
+            .iter()
+            .map(|(key, _)| key.route.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        completions
+            .iter()
+            .map(|(key, _)| key.key.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        completions
+            .iter()
+            .map(|(_, stored)| stored.status as i16)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        completions
+            .iter()
+            .map(|(_, stored)| stored.body.as_slice())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        audits
+            .iter()
+            .map(|(request, ..)| request.actor.id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        audits
+            .iter()
+            .map(|(request, ..)| roles(request))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        audits
+            .iter()
+            .map(|(_, action, _)| *action)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        audits
+            .iter()
+            .map(|(_, _, (outcome, _))| outcome.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        audits
+            .iter()
+            .map(|(request, ..)| request.actor.request_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        audits
+            .iter()
+            .map(|(request, ..)| request.actor.client_ip.map(|ip| ip.to_string()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        audits
+            .iter()
+            .map(|(_, _, (_, detail))| detail.clone())
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    // The trigger is the authority on balances: the plan must agree with it, row for row.
+    let planned: HashMap<i64, &LedgerEntry> = rows
+        .iter()
+        .map(|row| (row.entry.entry_id, &row.entry))
+        .collect();
+    for row in &written {
+        let id: i64 = row.try_get("id")?;
+        let actual: (i64, i64, i64) = (
+            row.try_get("balance_after")?,
+            row.try_get("held_after")?,
+            row.try_get("debt_after")?,
+        );
+        let agrees = planned.get(&id).is_some_and(|entry| {
+            (entry.balance_after, entry.held_after, entry.debt_after) == actual
+        });
+        if !agrees {
+            return Err(sqlx::Error::Protocol(format!(
+                "ledger entry {id}: planned balances differ from the database's {actual:?}"
+            )));
+        }
     }
+    if written.len() != rows.len() {
+        return Err(sqlx::Error::Protocol(
+            "the ledger batch wrote other rows than planned".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn audit_detail(
@@ -215,10 +469,10 @@ fn audit_detail(
 /// failures the outer one.
 async fn apply_one(
     conn: &mut PgConnection,
-    account_id: &str,
     request: &LedgerRequest,
-    balances: &mut Balances,
+    plan: &mut Plan<'_>,
 ) -> Result<Result<Applied, DomainError>, sqlx::Error> {
+    let account_id = plan.account_id;
     let actor = &request.actor;
     let insufficient = |requested: i64, balances: &Balances| DomainError::InsufficientCredits {
         available: balances.available,
@@ -237,8 +491,8 @@ async fn apply_one(
                     "amount must be positive".into(),
                 )));
             }
-            if balances.available < *amount {
-                return Ok(Err(insufficient(*amount, balances)));
+            if plan.balances.available < *amount {
+                return Ok(Err(insufficient(*amount, &plan.balances)));
             }
             if let Some(task_id) = task_id
                 && !task_exists(conn, *task_id, account_id).await?
@@ -252,7 +506,7 @@ async fn apply_one(
                 metadata: metadata.as_ref(),
                 ..NewEntry::default()
             };
-            insert_entry(conn, account_id, EntryKind::Charge, actor, new).await?
+            plan.entry(EntryKind::Charge, actor, new)?
         }
         Operation::Refund {
             charge_entry_id,
@@ -295,7 +549,8 @@ async fn apply_one(
             .bind(charge_entry_id)
             .fetch_one(&mut *conn)
             .await?;
-            let remaining = -charge.try_get::<i64, _>("amount")? - refunded;
+            let in_batch = plan.refunded.get(charge_entry_id).copied().unwrap_or(0);
+            let remaining = -charge.try_get::<i64, _>("amount")? - refunded - in_batch;
             if *amount > remaining {
                 return Ok(Err(DomainError::RefundExceedsCharge { remaining }));
             }
@@ -305,8 +560,9 @@ async fn apply_one(
                 reason: Some(reason),
                 ..NewEntry::default()
             };
-            let entry = insert_entry(conn, account_id, EntryKind::Refund, actor, new).await?;
-            related.extend(repay_debt(conn, account_id, actor, &entry).await?);
+            let entry = plan.entry(EntryKind::Refund, actor, new)?;
+            *plan.refunded.entry(*charge_entry_id).or_default() += amount;
+            related.extend(repay_debt(plan, actor, &entry)?);
             entry
         }
         Operation::Adjust { amount, reason } => {
@@ -315,17 +571,17 @@ async fn apply_one(
                     "amount must not be zero".into(),
                 )));
             }
-            if *amount < 0 && balances.available < -amount {
-                return Ok(Err(insufficient(-amount, balances)));
+            if *amount < 0 && plan.balances.available < -amount {
+                return Ok(Err(insufficient(-amount, &plan.balances)));
             }
             let new = NewEntry {
                 amount: *amount,
                 reason: Some(reason),
                 ..NewEntry::default()
             };
-            let entry = insert_entry(conn, account_id, EntryKind::Adjustment, actor, new).await?;
+            let entry = plan.entry(EntryKind::Adjustment, actor, new)?;
             if *amount > 0 {
-                related.extend(repay_debt(conn, account_id, actor, &entry).await?);
+                related.extend(repay_debt(plan, actor, &entry)?);
             }
             entry
         }
@@ -340,8 +596,8 @@ async fn apply_one(
                 reference: Some(reference),
                 ..NewEntry::default()
             };
-            let entry = insert_entry(conn, account_id, EntryKind::Recharge, actor, new).await?;
-            related.extend(repay_debt(conn, account_id, actor, &entry).await?);
+            let entry = plan.entry(EntryKind::Recharge, actor, new)?;
+            related.extend(repay_debt(plan, actor, &entry)?);
             entry
         }
         Operation::Hold {
@@ -354,8 +610,8 @@ async fn apply_one(
                     "a hold must be positive".into(),
                 )));
             }
-            if balances.available < *amount {
-                return Ok(Err(insufficient(*amount, balances)));
+            if plan.balances.available < *amount {
+                return Ok(Err(insufficient(*amount, &plan.balances)));
             }
             sqlx::query("insert into credit_holds (id, account_id, task_id, amount) values ($1, $2, $3, $4)")
                 .bind(hold_id)
@@ -372,7 +628,7 @@ async fn apply_one(
                 reference: Some("hold"),
                 ..NewEntry::default()
             };
-            insert_entry(conn, account_id, EntryKind::Hold, actor, new).await?
+            plan.entry(EntryKind::Hold, actor, new)?
         }
         Operation::Capture { hold_id, actual } => {
             if *actual < 0 {
@@ -391,7 +647,7 @@ async fn apply_one(
             let (amount, debt_delta) = if extra <= 0 {
                 (-extra, 0)
             } else {
-                let taken = extra.min(balances.available);
+                let taken = extra.min(plan.balances.available);
                 (-taken, extra - taken)
             };
             let new = NewEntry {
@@ -403,7 +659,7 @@ async fn apply_one(
                 reference: Some("capture"),
                 ..NewEntry::default()
             };
-            let entry = insert_entry(conn, account_id, EntryKind::Capture, actor, new).await?;
+            let entry = plan.entry(EntryKind::Capture, actor, new)?;
             sqlx::query(
                 "update credit_holds set status = 'captured', captured_amount = $2, settled_at = now() \
                  where id = $1",
@@ -428,7 +684,7 @@ async fn apply_one(
                 reference: Some("release"),
                 ..NewEntry::default()
             };
-            let entry = insert_entry(conn, account_id, EntryKind::Release, actor, new).await?;
+            let entry = plan.entry(EntryKind::Release, actor, new)?;
             sqlx::query(
                 "update credit_holds set status = 'released', settled_at = now() where id = $1",
             )
@@ -438,11 +694,10 @@ async fn apply_one(
             entry
         }
     };
-    *balances = Balances::after(related.last().unwrap_or(&entry));
     Ok(Ok(Applied {
         entry,
         related,
-        balance: balances.public(),
+        balance: plan.balances.public(),
     }))
 }
 
@@ -480,9 +735,8 @@ async fn open_hold(
 }
 
 /// After a credit, repays what it can of the debt with a charge row referring to the credit.
-async fn repay_debt(
-    conn: &mut PgConnection,
-    account_id: &str,
+fn repay_debt(
+    plan: &mut Plan<'_>,
     actor: &audit::Actor,
     credit: &LedgerEntry,
 ) -> Result<Option<LedgerEntry>, sqlx::Error> {
@@ -498,40 +752,7 @@ async fn repay_debt(
         reason: Some("debt repayment"),
         ..NewEntry::default()
     };
-    Ok(Some(
-        insert_entry(conn, account_id, EntryKind::Charge, actor, new).await?,
-    ))
-}
-
-async fn insert_entry(
-    conn: &mut PgConnection,
-    account_id: &str,
-    kind: EntryKind,
-    actor: &audit::Actor,
-    new: NewEntry<'_>,
-) -> Result<LedgerEntry, sqlx::Error> {
-    let row = sqlx::query(&format!(
-        "insert into credit_ledger (account_id, kind, amount, held_delta, debt_delta, reference, \
-           related_entry_id, hold_id, task_id, reason, metadata, actor_id, request_id) \
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-         returning {ENTRY_COLUMNS}"
-    ))
-    .bind(account_id)
-    .bind(kind.as_str())
-    .bind(new.amount)
-    .bind(new.held_delta)
-    .bind(new.debt_delta)
-    .bind(new.reference)
-    .bind(new.related_entry_id)
-    .bind(new.hold_id)
-    .bind(new.task_id)
-    .bind(new.reason)
-    .bind(new.metadata)
-    .bind(&actor.id)
-    .bind(&actor.request_id)
-    .fetch_one(conn)
-    .await?;
-    entry_from_row(&row)
+    Ok(Some(plan.entry(EntryKind::Charge, actor, new)?))
 }
 
 /// Filters of a ledger listing.

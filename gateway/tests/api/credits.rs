@@ -488,25 +488,21 @@ async fn staff_act_on_any_account_and_users_only_on_their_own(db: PgPool) {
 async fn the_ledger_pages_newest_first_and_refunds_are_audited_with_their_reason(db: PgPool) {
     let app = spawn_app(db).await;
     let token = funded_user(&app, "alice", 100).await;
+    let mut first_charge = Value::Null;
     for n in 0..3 {
-        post(
-            &app,
-            CHARGE,
-            &token,
-            &format!("c{n}"),
-            &json!({"amount": 10 + n, "reason": format!("job {n}")}),
-        )
-        .await;
+        let body = json!({"amount": 10 + n, "reason": format!("job {n}")});
+        let charged: Value = post(&app, CHARGE, &token, &format!("c{n}"), &body)
+            .await
+            .json()
+            .await
+            .expect("charge");
+        if n == 0 {
+            first_charge = charged["entry_id"].clone();
+        }
     }
     let finance = app.token("fin", &[Role::Finance]);
-    let refund = post(
-        &app,
-        "/api/v1/credits/refund",
-        &finance,
-        "r1",
-        &json!({"charge_entry_id": 2, "amount": 4, "reason": "late delivery"}),
-    )
-    .await;
+    let body = json!({"charge_entry_id": first_charge, "amount": 4, "reason": "late delivery"});
+    let refund = post(&app, "/api/v1/credits/refund", &finance, "r1", &body).await;
     assert_eq!(refund.status(), StatusCode::CREATED);
 
     let first: Value = app
