@@ -697,3 +697,48 @@ async fn without_history_the_estimate_falls_back_to_the_rule(db: PgPool) {
     )
     .await;
 }
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn ledger_metrics_count_operations_batches_and_actors(db: PgPool) {
+    let app = spawn_app(db).await;
+    let token = funded_user(&app, "metered", 10).await;
+    post(
+        &app,
+        CHARGE,
+        &token,
+        "m1",
+        &json!({"amount": 4, "reason": "ok"}),
+    )
+    .await;
+    post(
+        &app,
+        CHARGE,
+        &token,
+        "m2",
+        &json!({"amount": 40, "reason": "too much"}),
+    )
+    .await;
+
+    let text = app
+        .get("/metrics", None)
+        .await
+        .text()
+        .await
+        .expect("metrics");
+
+    let has = |needle: &str| text.lines().any(|line| line.starts_with(needle));
+    assert!(
+        has(r#"ledger_operations_total{kind="charge",outcome="applied"}"#),
+        "{text}"
+    );
+    assert!(has(
+        r#"ledger_operations_total{kind="charge",outcome="insufficient_credits"}"#
+    ));
+    assert!(
+        has(r#"ledger_operation_duration_seconds_bucket{kind="charge""#),
+        "charge latency histogram"
+    );
+    assert!(has("ledger_batch_size_bucket"), "batch size histogram");
+    assert!(has("ledger_mailbox_depth"), "mailbox depth gauge");
+    assert!(has("ledger_account_actors"), "live actors gauge");
+}
