@@ -10,6 +10,7 @@ pub mod pagination;
 pub mod permissions;
 pub mod problem;
 pub mod readiness;
+pub mod realtime;
 pub mod routes;
 pub mod settings;
 pub mod shutdown;
@@ -73,6 +74,13 @@ pub async fn serve(
         tracing::info!("shutdown requested: draining");
     });
     let purge = tokio::spawn(purge_idempotency_keys(state.clone(), shutdown.clone()));
+    let broker = state.realtime.broker.clone();
+    let sweep = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            broker.sweep();
+        }
+    });
     let mut server = std::pin::pin!(server.into_future());
     tokio::select! {
         result = &mut server => result.context("serving HTTP")?,
@@ -84,6 +92,8 @@ pub async fn serve(
         }
     }
     purge.abort();
+    sweep.abort();
+    state.realtime.supervisor.stop(Some("shutdown".into()));
     state.ledger.stop();
     state.db.close().await;
     tracing::info!("stopped");

@@ -47,6 +47,68 @@ pub struct Settings {
     pub ledger: LedgerSettings,
     /// Idempotency keys.
     pub idempotency: IdempotencySettings,
+    /// Realtime sessions, channels and history.
+    pub realtime: RealtimeSettings,
+}
+
+/// Realtime sessions, channels and history.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RealtimeSettings {
+    /// Interval between server pings.
+    pub ping_interval_ms: u64,
+    /// How long a client has to answer a ping before 3012.
+    pub pong_timeout_ms: u64,
+    /// How long a client has to send `connect`.
+    pub connect_timeout_ms: u64,
+    /// Most subscriptions per session.
+    pub max_subscriptions: usize,
+    /// Frames queued per session before the client counts as too slow (3008).
+    pub outbound_queue: usize,
+    /// Largest incoming frame (3506 beyond).
+    pub max_frame_bytes: usize,
+    /// Most connections per node (3504 beyond).
+    pub max_connections: usize,
+    /// Publications kept per channel for recovery.
+    pub history_size: usize,
+    /// Oldest publication kept per channel, seconds.
+    pub history_ttl_secs: u64,
+}
+
+impl Default for RealtimeSettings {
+    fn default() -> Self {
+        Self {
+            ping_interval_ms: 25_000,
+            pong_timeout_ms: 10_000,
+            connect_timeout_ms: 10_000,
+            max_subscriptions: 128,
+            outbound_queue: 1_024,
+            max_frame_bytes: 64 * 1024,
+            max_connections: 19_000,
+            history_size: 100,
+            history_ttl_secs: 300,
+        }
+    }
+}
+
+impl RealtimeSettings {
+    /// Session timing and limits.
+    pub fn session(&self) -> hub::session::SessionConfig {
+        hub::session::SessionConfig {
+            ping_interval: Duration::from_millis(self.ping_interval_ms),
+            pong_timeout: Duration::from_millis(self.pong_timeout_ms),
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            max_subscriptions: self.max_subscriptions,
+        }
+    }
+
+    /// History limits per channel.
+    pub fn history(&self) -> hub::history::HistoryLimits {
+        hub::history::HistoryLimits {
+            max_size: self.history_size,
+            ttl: Duration::from_secs(self.history_ttl_secs),
+        }
+    }
 }
 
 /// The per-account ledger actors.
@@ -153,6 +215,7 @@ impl Default for Settings {
             database: DatabaseSettings::default(),
             ledger: LedgerSettings::default(),
             idempotency: IdempotencySettings::default(),
+            realtime: RealtimeSettings::default(),
         }
     }
 }

@@ -4,6 +4,8 @@ use crate::auth::TokenKeys;
 use crate::error::{ApiError, database_error};
 use crate::license_cache::LicenseCache;
 use crate::permissions::PermissionMatrix;
+use crate::realtime::Realtime;
+use crate::realtime::authority::GatewayAuthority;
 use crate::settings::Settings;
 use anyhow::Context;
 use dashmap::DashSet;
@@ -37,6 +39,10 @@ pub struct AppState {
     pub ledger: Ledger,
     /// License check cache (Redis; inert without it).
     pub license_cache: LicenseCache,
+    /// Broker and sessions.
+    pub realtime: Realtime,
+    /// What sessions ask the gateway.
+    pub authority: Arc<GatewayAuthority>,
     /// Invariant: false until shutdown starts, then true for good.
     pub draining: Arc<AtomicBool>,
     /// Invariant: every id in it has a `users` row (and its account, unless a service); ids are
@@ -70,7 +76,15 @@ impl AppState {
         let permissions = Arc::new(PermissionMatrix::builtin()?);
         let ledger = Ledger::start(db.clone(), settings.ledger.config()).await?;
         let license_cache = LicenseCache::new(redis.clone(), &settings.redis_key_prefix);
+        let realtime = Realtime::start(&settings.realtime).await?;
+        let authority = Arc::new(GatewayAuthority {
+            tokens: tokens.clone(),
+            permissions: permissions.clone(),
+            db: db.clone(),
+        });
         Ok(Self {
+            realtime,
+            authority,
             ledger,
             license_cache,
             settings: Arc::new(settings),

@@ -7,6 +7,7 @@
 //! session then disconnects it with 3008), never slowed down for others or silently skipped.
 
 use crate::history::{HistoryLimits, Recovery, Stream, StreamPublication};
+use crate::outbound::Outbound;
 use dashmap::DashMap;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -15,13 +16,23 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// A publication on its way to a subscriber.
+/// A publication on its way to a subscriber: the push frame, serialized once for all of them.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     /// The channel.
     pub channel: Arc<str>,
     /// The publication.
     pub publication: StreamPublication,
+    /// `{"push":{"channel":…,"pub":{"data":…,"offset":…}}}`.
+    pub frame: Arc<str>,
+}
+
+/// The push frame of a publication on `channel`.
+pub fn push_frame(channel: &str, publication: &StreamPublication) -> Arc<str> {
+    let frame = serde_json::json!({
+        "push": { "channel": channel, "pub": { "data": &*publication.data, "offset": publication.offset } }
+    });
+    Arc::from(frame.to_string())
 }
 
 /// A local subscriber: where its deliveries go and how to tell it it fell behind.
@@ -29,8 +40,8 @@ pub struct Delivery {
 pub struct Subscriber {
     /// Unique per session.
     pub id: u64,
-    /// Bounded queue to the session.
-    pub sender: mpsc::Sender<Delivery>,
+    /// The session's bounded outbound queue.
+    pub sender: mpsc::Sender<Outbound>,
     /// Cancelled when the queue overflowed: the session must disconnect (3008).
     pub overflow: CancellationToken,
 }
@@ -101,15 +112,17 @@ impl Broker {
     pub fn publish(&self, channel: &str, data: Value) -> StreamPublication {
         let (name, state) = self.channel(channel);
         let mut state = lock(&state);
-        let publication = state
-            .stream
-            .append(Arc::new(data), Instant::now(), self.limits);
+        let now = Instant::now();
+        state.last_activity = now;
+        let publication = state.stream.append(Arc::new(data), now, self.limits);
+        let frame = push_frame(&name, &publication);
         let delivery = Delivery {
             channel: name,
             publication: publication.clone(),
+            frame,
         };
         state.subscribers.retain(|_, subscriber| {
-            match subscriber.sender.try_send(delivery.clone()) {
+            match subscriber.sender.try_send(Outbound::Push(delivery.clone())) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     subscriber.overflow.cancel();
@@ -196,6 +209,14 @@ impl Broker {
         before - self.channels.len()
     }
 
+    /// The (top offset, epoch) of a channel this node knows.
+    pub fn position(&self, channel: &str) -> Option<(u64, String)> {
+        let state = self.channels.get(channel)?.value().clone();
+        let state = lock(&state);
+        let (offset, epoch) = state.stream.position();
+        Some((offset, epoch.to_owned()))
+    }
+
     /// Channels with at least one local subscriber.
     pub fn subscribed_channels(&self) -> usize {
         self.channels
@@ -210,7 +231,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn subscriber(id: u64, capacity: usize) -> (Subscriber, mpsc::Receiver<Delivery>) {
+    fn subscriber(id: u64, capacity: usize) -> (Subscriber, mpsc::Receiver<Outbound>) {
         let (sender, receiver) = mpsc::channel(capacity);
         (
             Subscriber {
@@ -233,7 +254,10 @@ mod tests {
         }
 
         let offsets: Vec<u64> = std::iter::from_fn(|| inbox.try_recv().ok())
-            .map(|d| d.publication.offset)
+            .filter_map(|item| match item {
+                Outbound::Push(delivery) => Some(delivery.publication.offset),
+                _ => None,
+            })
             .collect();
         assert_eq!(offsets, vec![1, 2, 3]);
     }
@@ -255,7 +279,10 @@ mod tests {
         let recovered: Vec<u64> = back.publications.iter().map(|p| p.offset).collect();
         assert_eq!(recovered, vec![1, 2]);
         assert_eq!(
-            inbox.try_recv().map(|d| d.publication.offset).ok(),
+            inbox.try_recv().ok().and_then(|item| match item {
+                Outbound::Push(delivery) => Some(delivery.publication.offset),
+                _ => None,
+            }),
             Some(3),
             "live stream continues"
         );

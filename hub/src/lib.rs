@@ -4,5 +4,7 @@
 pub mod broker;
 pub mod channel;
 pub mod history;
+pub mod outbound;
+pub mod session;
 
 pub use channel::{Channel, ChannelError};

@@ -65,7 +65,9 @@ pub fn all(dev_mode: bool) -> OpenApiRouter<AppState> {
         .routes(routes!(licenses::check))
         .routes(routes!(licenses::grant))
         .routes(routes!(licenses::get, licenses::update))
-        .routes(routes!(licenses::consume));
+        .routes(routes!(licenses::consume))
+        .routes(routes!(crate::realtime::publish::publish))
+        .routes(routes!(crate::realtime::websocket::websocket));
     if dev_mode {
         router = router.routes(routes!(dev::login));
     }

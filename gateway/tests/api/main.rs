@@ -10,4 +10,5 @@ mod helpers;
 mod licenses;
 mod operations;
 mod permission_matrix;
+mod realtime;
 mod sessions;

@@ -1,0 +1,64 @@
+//! The realtime side of the node: the broker, the session supervisor, the WebSocket transport,
+//! and what sessions need from the gateway (token checks and channel permissions).
+
+pub mod authority;
+pub mod publish;
+pub mod websocket;
+
+use hub::broker::Broker;
+use hub::session::{SessionConfig, SessionSupervisor};
+use ractor::{Actor, ActorRef};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// The node's realtime machinery.
+#[derive(Debug, Clone)]
+pub struct Realtime {
+    /// Channels, history and local subscribers.
+    pub broker: Arc<Broker>,
+    /// Parent of every session actor.
+    pub supervisor: ActorRef<()>,
+    /// Session timing and limits.
+    pub session: SessionConfig,
+    next_session: Arc<AtomicU64>,
+    /// Invariant: open WebSocket connections of this node.
+    connections: Arc<AtomicUsize>,
+}
+
+impl Realtime {
+    /// Starts the session supervisor and the broker.
+    pub async fn start(settings: &crate::settings::RealtimeSettings) -> anyhow::Result<Self> {
+        let (supervisor, _) = Actor::spawn(None, SessionSupervisor, ()).await?;
+        Ok(Self {
+            broker: Arc::new(Broker::new(settings.history())),
+            supervisor,
+            session: settings.session(),
+            next_session: Arc::new(AtomicU64::new(1)),
+            connections: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// A new session id.
+    pub fn session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Counts a connection in if under `limit`.
+    pub fn admit(&self, limit: usize) -> bool {
+        self.connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < limit).then_some(open + 1)
+            })
+            .is_ok()
+    }
+
+    /// Counts a connection out.
+    pub fn release(&self) {
+        self.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Open connections.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+}

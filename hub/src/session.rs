@@ -1,0 +1,554 @@
+//! Session actors: one per connection, under a per-node supervisor that keeps running when a
+//! session ends. A session owns the protocol state of its client (Centrifugo protocol v2, JSON):
+//! authentication, the personal channel (a server-side subscription), subscriptions, heartbeat
+//! (server pings; a silent client is closed with 3012), token expiry and refresh (3005), and the
+//! errors and disconnect codes of `realtime.md`. Transports only move frames: text in as
+//! [`SessionMsg::Frame`], everything out through the session's bounded [`Outbound`] queue.
+
+use crate::broker::{Broker, Subscriber};
+use crate::channel::Channel;
+use crate::outbound::Outbound;
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use serde_json::{Value, json};
+use shared::Role;
+use shared::protocol::{
+    Command, ConnectRequest, ConnectResult, ProtocolError, Publication, SubscribeRequest,
+    SubscribeResult, disconnect, error,
+};
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// The server version reported to clients.
+pub const VERSION: &str = concat!("hub/", env!("CARGO_PKG_VERSION"));
+
+/// Who a connection authenticated as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The token's `sub`.
+    pub user_id: String,
+    /// Its roles.
+    pub roles: Vec<Role>,
+    /// Token expiry, Unix seconds.
+    pub expires_at: i64,
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    /// Valid but expired: the client should fetch a new one.
+    Expired,
+    /// Anything else.
+    Invalid,
+}
+
+/// A boxed future (the authority is used as a trait object).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What sessions ask the rest of the system: token checks and channel permissions.
+pub trait Authority: Send + Sync + 'static {
+    /// Verifies a connection token.
+    fn authenticate(&self, token: &str) -> Result<Identity, AuthError>;
+    /// Whether `identity` may subscribe to `channel` (Err: could not tell, temporary).
+    fn may_subscribe<'a>(
+        &'a self,
+        identity: &'a Identity,
+        channel: &'a Channel,
+    ) -> BoxFuture<'a, Result<bool, String>>;
+}
+
+/// Session timing and limits.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionConfig {
+    /// Interval between server pings.
+    pub ping_interval: Duration,
+    /// How long a client has to answer a ping.
+    pub pong_timeout: Duration,
+    /// How long a client has to send `connect`.
+    pub connect_timeout: Duration,
+    /// Most subscriptions per session (the personal channel included).
+    pub max_subscriptions: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            max_subscriptions: 128,
+        }
+    }
+}
+
+/// Everything a session starts with.
+pub struct SessionArgs {
+    /// Unique on the node.
+    pub id: u64,
+    /// This node.
+    pub node: String,
+    /// The node's broker.
+    pub broker: Arc<Broker>,
+    /// Token checks and permissions.
+    pub authority: Arc<dyn Authority>,
+    /// The session's bounded outbound queue (the transport drains it).
+    pub outbound: mpsc::Sender<Outbound>,
+    /// Cancelled when the queue overflowed; the transport then closes with 3008.
+    pub overflow: CancellationToken,
+    /// Timing and limits.
+    pub config: SessionConfig,
+}
+
+impl std::fmt::Debug for SessionArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionArgs")
+            .field("id", &self.id)
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for SessionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionState")
+            .field("id", &self.args.id)
+            .field("identity", &self.identity)
+            .field("subscriptions", &self.subscriptions)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Messages of a session actor.
+#[derive(Debug)]
+pub enum SessionMsg {
+    /// A text frame from the client.
+    Frame(String),
+    /// The transport closed (client left or write failed).
+    TransportClosed,
+    /// Time to ping.
+    Ping,
+    /// Deadline of ping number `n`.
+    PongDeadline(u64),
+    /// The token of generation `n` expires now.
+    Expire(u64),
+    /// Deadline for `connect`.
+    ConnectDeadline,
+    /// Close with this code (server shutdown: 3001).
+    Disconnect(u16, String),
+}
+
+/// State of a session.
+pub struct SessionState {
+    args: SessionArgs,
+    identity: Option<Identity>,
+    /// Invariant: every channel here is subscribed in the broker under `args.id`.
+    subscriptions: HashSet<String>,
+    /// The ping awaiting its pong, if any.
+    awaiting_pong: Option<u64>,
+    pings: u64,
+    /// Bumped on each refresh, so an old expiry timer is ignored.
+    token_generation: u64,
+    closed: bool,
+}
+
+/// One connection's actor.
+#[derive(Debug)]
+pub struct SessionActor;
+
+fn frame(value: Value) -> Outbound {
+    Outbound::Frame(Arc::from(value.to_string()))
+}
+
+fn error_reply(id: u32, code: u32, message: &str) -> Outbound {
+    let temporary = matches!(code, error::INTERNAL | error::TOO_MANY_REQUESTS);
+    let error = ProtocolError {
+        code,
+        message: message.to_owned(),
+        temporary,
+    };
+    frame(json!({ "id": id, "error": error }))
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl SessionState {
+    /// Queues an item; a full queue means the client does not read: cut it off (3008).
+    fn send(&mut self, item: Outbound) {
+        if self.closed {
+            return;
+        }
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.args.outbound.try_send(item) {
+            self.args.overflow.cancel();
+            self.closed = true;
+        }
+    }
+
+    fn close(&mut self, myself: &ActorRef<SessionMsg>, code: u16, reason: &str) {
+        if !self.closed {
+            metrics::counter!("hub_disconnects_total", "code" => code.to_string()).increment(1);
+            self.send(Outbound::Close {
+                code,
+                reason: reason.to_owned(),
+            });
+            self.closed = true;
+        }
+        myself.stop(Some(reason.to_owned()));
+    }
+
+    fn subscriber(&self) -> Subscriber {
+        Subscriber {
+            id: self.args.id,
+            sender: self.args.outbound.clone(),
+            overflow: self.args.overflow.clone(),
+        }
+    }
+
+    /// Subscribes in the broker and builds the protocol result.
+    fn join(&mut self, channel: &str, request: Option<&SubscribeRequest>) -> SubscribeResult {
+        let recover = request
+            .filter(|request| request.recover)
+            .map(|request| (request.offset, request.epoch.as_str()));
+        let subscribed = self
+            .args
+            .broker
+            .subscribe(channel, self.subscriber(), recover);
+        self.subscriptions.insert(channel.to_owned());
+        metrics::gauge!("hub_subscriptions").increment(1.0);
+        if recover.is_some() {
+            let outcome = if subscribed.recovered {
+                "recovered"
+            } else {
+                "not_recovered"
+            };
+            metrics::counter!("hub_recoveries_total", "outcome" => outcome).increment(1);
+        }
+        SubscribeResult {
+            recoverable: true,
+            positioned: true,
+            epoch: subscribed.epoch,
+            offset: subscribed.offset,
+            recovered: subscribed.recovered,
+            was_recovering: recover.is_some(),
+            publications: subscribed
+                .publications
+                .iter()
+                .map(|p| p.to_protocol())
+                .collect::<Vec<Publication>>(),
+            ..SubscribeResult::default()
+        }
+    }
+
+    fn leave_all(&mut self) {
+        for channel in self.subscriptions.drain() {
+            self.args.broker.unsubscribe(&channel, self.args.id);
+            metrics::gauge!("hub_subscriptions").decrement(1.0);
+        }
+    }
+
+    fn schedule_expiry(&mut self, myself: &ActorRef<SessionMsg>) -> (bool, u32) {
+        let Some(identity) = &self.identity else {
+            return (false, 0);
+        };
+        let ttl = (identity.expires_at - now_unix()).max(0) as u64;
+        self.token_generation += 1;
+        let generation = self.token_generation;
+        myself.send_after(Duration::from_secs(ttl), move || {
+            SessionMsg::Expire(generation)
+        });
+        (true, u32::try_from(ttl).unwrap_or(u32::MAX))
+    }
+
+    async fn connect(&mut self, myself: &ActorRef<SessionMsg>, id: u32, request: ConnectRequest) {
+        let identity = match self.args.authority.authenticate(&request.token) {
+            Ok(identity) => identity,
+            Err(AuthError::Expired) => {
+                return self.send(error_reply(id, error::TOKEN_EXPIRED, "token expired"));
+            }
+            Err(AuthError::Invalid) => {
+                return self.close(myself, disconnect::INVALID_TOKEN, "invalid token");
+            }
+        };
+        let personal =
+            (identity.roles != [Role::Service]).then(|| Channel::user(&identity.user_id).name());
+        self.identity = Some(identity);
+        let (expires, ttl) = self.schedule_expiry(myself);
+        let mut subs = BTreeMap::new();
+        if let Some(channel) = personal {
+            let result = self.join(&channel, request.subs.get(&channel));
+            subs.insert(channel, result);
+        }
+        let config = self.args.config;
+        let result = ConnectResult {
+            client: format!("{}-{}", self.args.node, self.args.id),
+            version: VERSION.to_owned(),
+            expires,
+            ttl,
+            subs,
+            ping: config.ping_interval.as_secs() as u32,
+            pong: true,
+            session: format!("s-{}", self.args.id),
+            node: self.args.node.clone(),
+        };
+        self.send(frame(json!({ "id": id, "connect": result })));
+        // First ping at a random point between half and the whole interval, so sessions that
+        // connected together do not ping together.
+        let half = config.ping_interval / 2;
+        let first = half + half.mul_f64(rand::random::<f64>());
+        myself.send_after(first, || SessionMsg::Ping);
+    }
+
+    async fn subscribe(&mut self, id: u32, request: SubscribeRequest) {
+        let channel: Channel = match request.channel.parse() {
+            Ok(channel) => channel,
+            Err(_) => return self.send(error_reply(id, error::UNKNOWN_CHANNEL, "unknown channel")),
+        };
+        let name = channel.name();
+        if self.subscriptions.contains(&name) {
+            return self.send(error_reply(
+                id,
+                error::ALREADY_SUBSCRIBED,
+                "already subscribed",
+            ));
+        }
+        if self.subscriptions.len() >= self.args.config.max_subscriptions {
+            return self.send(error_reply(
+                id,
+                error::LIMIT_EXCEEDED,
+                "too many subscriptions",
+            ));
+        }
+        let Some(identity) = self.identity.clone() else {
+            return;
+        };
+        match self.args.authority.may_subscribe(&identity, &channel).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return self.send(error_reply(
+                    id,
+                    error::PERMISSION_DENIED,
+                    "permission denied",
+                ));
+            }
+            Err(reason) => {
+                tracing::warn!(%reason, channel = %name, "cannot check a subscription");
+                return self.send(error_reply(id, error::INTERNAL, "internal error"));
+            }
+        }
+        let result = self.join(&name, Some(&request));
+        self.send(frame(json!({ "id": id, "subscribe": result })));
+    }
+
+    fn refresh(&mut self, myself: &ActorRef<SessionMsg>, id: u32, token: &str) {
+        let current = self
+            .identity
+            .as_ref()
+            .map(|identity| identity.user_id.clone());
+        match self.args.authority.authenticate(token) {
+            Ok(identity) if Some(&identity.user_id) == current.as_ref() => {
+                self.identity = Some(identity);
+                let (expires, ttl) = self.schedule_expiry(myself);
+                let result = json!({ "client": format!("{}-{}", self.args.node, self.args.id), "version": VERSION, "expires": expires, "ttl": ttl });
+                self.send(frame(json!({ "id": id, "refresh": result })));
+            }
+            Ok(_) => self.close(myself, disconnect::INVALID_TOKEN, "token for another user"),
+            Err(AuthError::Expired) => self.send(error_reply(id, error::EXPIRED, "expired")),
+            Err(AuthError::Invalid) => {
+                self.close(myself, disconnect::INVALID_TOKEN, "invalid token")
+            }
+        }
+    }
+
+    /// Handles one command line; stops at the first one that closes the session.
+    async fn command(&mut self, myself: &ActorRef<SessionMsg>, command: Command) {
+        let kind = command.kind();
+        let id = command.id;
+        match (kind, id) {
+            (None, 0) => {
+                // A pong: only as an answer to our ping.
+                if self.awaiting_pong.take().is_none() {
+                    self.close(myself, disconnect::BAD_REQUEST, "unexpected pong");
+                }
+                return;
+            }
+            (Some("send"), _) => return,
+            (Some(_), 0) => {
+                return self.close(myself, disconnect::BAD_REQUEST, "command without id");
+            }
+            (None, _) => {
+                return self.send(error_reply(id, error::METHOD_NOT_FOUND, "method not found"));
+            }
+            _ => {}
+        }
+        if self.identity.is_none() {
+            return match command.connect {
+                Some(request) => self.connect(myself, id, request).await,
+                None => self.close(myself, disconnect::BAD_REQUEST, "connect first"),
+            };
+        }
+        match command {
+            Command {
+                connect: Some(_), ..
+            } => self.close(myself, disconnect::BAD_REQUEST, "already connected"),
+            Command {
+                subscribe: Some(request),
+                ..
+            } => self.subscribe(id, request).await,
+            Command {
+                unsubscribe: Some(request),
+                ..
+            } => {
+                if self.subscriptions.remove(&request.channel) {
+                    self.args.broker.unsubscribe(&request.channel, self.args.id);
+                    metrics::gauge!("hub_subscriptions").decrement(1.0);
+                }
+                self.send(frame(json!({ "id": id, "unsubscribe": {} })));
+            }
+            Command {
+                publish: Some(_), ..
+            } => self.send(error_reply(
+                id,
+                error::PERMISSION_DENIED,
+                "clients may not publish",
+            )),
+            Command {
+                refresh: Some(request),
+                ..
+            } => self.refresh(myself, id, &request.token),
+            _ => self.send(error_reply(id, error::NOT_AVAILABLE, "not available")),
+        }
+    }
+}
+
+impl Actor for SessionActor {
+    type Msg = SessionMsg;
+    type State = SessionState;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        args: SessionArgs,
+    ) -> Result<SessionState, ActorProcessingErr> {
+        myself.send_after(args.config.connect_timeout, || SessionMsg::ConnectDeadline);
+        metrics::gauge!("hub_sessions").increment(1.0);
+        Ok(SessionState {
+            args,
+            identity: None,
+            subscriptions: HashSet::new(),
+            awaiting_pong: None,
+            pings: 0,
+            token_generation: 0,
+            closed: false,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<SessionMsg>,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.leave_all();
+        metrics::gauge!("hub_sessions").decrement(1.0);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        message: SessionMsg,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.closed && !matches!(message, SessionMsg::TransportClosed) {
+            return Ok(());
+        }
+        match message {
+            SessionMsg::Frame(text) => {
+                for line in text
+                    .split('\n')
+                    .map(str::trim)
+                    .filter(|line| !line.is_empty())
+                {
+                    match serde_json::from_str::<Command>(line) {
+                        Ok(command) => state.command(&myself, command).await,
+                        Err(_) => {
+                            state.close(&myself, disconnect::BAD_REQUEST, "malformed command")
+                        }
+                    }
+                    if state.closed {
+                        break;
+                    }
+                }
+            }
+            SessionMsg::TransportClosed => {
+                state.closed = true;
+                myself.stop(Some("transport closed".into()));
+            }
+            SessionMsg::Ping => {
+                if state.awaiting_pong.is_none() {
+                    state.pings += 1;
+                    state.awaiting_pong = Some(state.pings);
+                    state.send(frame(json!({})));
+                    let ping = state.pings;
+                    myself.send_after(state.args.config.pong_timeout, move || {
+                        SessionMsg::PongDeadline(ping)
+                    });
+                }
+                myself.send_after(state.args.config.ping_interval, || SessionMsg::Ping);
+            }
+            SessionMsg::PongDeadline(ping) => {
+                if state.awaiting_pong == Some(ping) {
+                    state.close(&myself, disconnect::NO_PONG, "no pong");
+                }
+            }
+            SessionMsg::Expire(generation) => {
+                if generation == state.token_generation {
+                    state.close(&myself, disconnect::EXPIRED, "token expired");
+                }
+            }
+            SessionMsg::ConnectDeadline => {
+                if state.identity.is_none() {
+                    state.close(&myself, 3502, "stale");
+                }
+            }
+            SessionMsg::Disconnect(code, reason) => state.close(&myself, code, &reason),
+        }
+        Ok(())
+    }
+}
+
+/// Supervises the node's sessions. Unlike ractor's default it keeps running when a session ends
+/// (each ends when its client leaves); a crashed session is logged and counted.
+#[derive(Debug)]
+pub struct SessionSupervisor;
+
+impl Actor for SessionSupervisor {
+    type Msg = ();
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(&self, _myself: ActorRef<()>, _args: ()) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<()>,
+        event: SupervisionEvent,
+        _state: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, failure) = event {
+            tracing::error!(session = %cell.get_id(), %failure, "session actor failed");
+            metrics::counter!("hub_session_failures_total").increment(1);
+        }
+        Ok(())
+    }
+}
