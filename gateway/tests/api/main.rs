@@ -11,4 +11,5 @@ mod licenses;
 mod operations;
 mod permission_matrix;
 mod realtime;
+mod sdk;
 mod sessions;

@@ -1,0 +1,127 @@
+//! The official `centrifuge` npm SDK (v5), run by Node, against the real server: it connects
+//! with a token, gets its personal channel, subscribes to a task and receives that task's events
+//! in order with offsets. The Node script only reports; this test asserts.
+
+use crate::helpers::spawn_app;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use shared::Role;
+use sqlx::PgPool;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const SDK_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/centrifuge");
+
+async fn next_event(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> Value {
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("the SDK reports within 20 s")
+        .expect("read")
+        .expect("the SDK client is still running");
+    serde_json::from_str(&line).unwrap_or_else(|_| panic!("not an event line: {line}"))
+}
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn the_centrifuge_sdk_connects_subscribes_and_receives_task_events_in_order(db: PgPool) {
+    assert!(
+        std::path::Path::new(SDK_DIR)
+            .join("node_modules/centrifuge")
+            .exists(),
+        "run `npm ci` in gateway/tests/centrifuge (scripts/test does)"
+    );
+    let app = spawn_app(db).await;
+    let token = app.token("alice", &[Role::User]);
+    app.get("/api/v1/sessions/me", Some(&token)).await;
+    let task: uuid::Uuid = sqlx::query_scalar(
+        "insert into tasks (id, owner_id, account_id, task_type, units, estimated_credits) \
+         values (gen_random_uuid(), 'alice', 'alice', 'render', 1, 1) returning id",
+    )
+    .fetch_one(&app.db)
+    .await
+    .expect("task");
+    let channel = format!("task:{task}");
+    let mut node = tokio::process::Command::new("node")
+        .arg("client.mjs")
+        .current_dir(SDK_DIR)
+        .env(
+            "HUB_WS_URL",
+            format!(
+                "{}/connection/websocket",
+                app.address.replacen("http", "ws", 1)
+            ),
+        )
+        .env("HUB_TOKEN", &token)
+        .env("HUB_CHANNEL", &channel)
+        .env("HUB_EXPECT", "4")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
+
+    let mut seen = Vec::new();
+    while !(seen.iter().any(|e: &Value| e["event"] == "connected")
+        && seen.iter().any(|e| e["event"] == "subscribed"))
+    {
+        seen.push(next_event(&mut lines).await);
+    }
+    let service = app.token("renderer", &[Role::Service]);
+    for (n, data) in [
+        json!({ "type": "task.progress", "progress": 10, "seq": 1 }),
+        json!({ "type": "task.progress", "progress": 60, "seq": 2 }),
+        json!({ "type": "task.state", "state": "succeeded", "seq": 3 }),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let body = json!({ "channel": channel, "data": data });
+        let response = app
+            .send_json(Method::POST, "/api/v1/publish", Some(&service), &body)
+            .await;
+        assert_eq!(response.status(), StatusCode::OK, "publication {n}");
+    }
+    let body =
+        json!({ "channel": "user:alice", "data": { "type": "balance.changed", "available": 0 } });
+    app.send_json(Method::POST, "/api/v1/publish", Some(&service), &body)
+        .await;
+    let mut publications = Vec::new();
+    while publications.len() < 4 {
+        let event = next_event(&mut lines).await;
+        assert_ne!(event["event"], "timeout");
+        if event["event"] == "publication" {
+            publications.push(event);
+        } else {
+            seen.push(event);
+        }
+    }
+    let status = tokio::time::timeout(Duration::from_secs(10), node.wait())
+        .await
+        .expect("exits")
+        .expect("wait");
+
+    assert!(
+        seen.iter()
+            .any(|e| e["event"] == "server_subscribed" && e["channel"] == "user:alice"),
+        "{seen:?}"
+    );
+    let task_events: Vec<(Value, Value)> = publications
+        .iter()
+        .filter(|p| p["channel"] == channel.as_str())
+        .map(|p| (p["offset"].clone(), p["data"]["seq"].clone()))
+        .collect();
+    assert_eq!(
+        task_events,
+        vec![
+            (json!(1), json!(1)),
+            (json!(2), json!(2)),
+            (json!(3), json!(3))
+        ]
+    );
+    assert!(
+        publications
+            .iter()
+            .any(|p| p["channel"] == "user:alice" && p["data"]["type"] == "balance.changed")
+    );
+    assert!(status.success(), "the SDK client exited with {status}");
+}
