@@ -3,6 +3,7 @@
 
 pub mod authority;
 pub mod publish;
+pub mod sse;
 pub mod websocket;
 
 use hub::broker::Broker;

@@ -67,7 +67,8 @@ pub fn all(dev_mode: bool) -> OpenApiRouter<AppState> {
         .routes(routes!(licenses::get, licenses::update))
         .routes(routes!(licenses::consume))
         .routes(routes!(crate::realtime::publish::publish))
-        .routes(routes!(crate::realtime::websocket::websocket));
+        .routes(routes!(crate::realtime::websocket::websocket))
+        .routes(routes!(crate::realtime::sse::sse));
     if dev_mode {
         router = router.routes(routes!(dev::login));
     }

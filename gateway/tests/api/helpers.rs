@@ -54,9 +54,20 @@ pub async fn spawn_app(db: PgPool) -> TestApp {
 /// Starts a node over `db` after `configure` adjusted its settings.
 pub async fn spawn_app_with(db: PgPool, configure: impl FnOnce(&mut Settings)) -> TestApp {
     gateway::http_metrics::install().expect("metrics recorder");
+    // Server warnings and errors land in the failing test's captured output.
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .try_init();
     let mut settings = test_settings();
-    // Nodes of one test share its database, hence its Redis keys; other tests' stay apart.
-    settings.redis_key_prefix = database_name(&db);
+    // Nodes of one test share its database, hence its Redis keys; other tests', and earlier runs
+    // of this one (sqlx reuses database names), stay apart: the OID names this very database.
+    let oid: String =
+        sqlx::query_scalar("select oid::text from pg_database where datname = current_database()")
+            .fetch_one(&db)
+            .await
+            .expect("database oid");
+    settings.redis_key_prefix = format!("{}-{oid}", database_name(&db));
     configure(&mut settings);
     let state = AppState::with_pool(settings, db.clone())
         .await

@@ -31,8 +31,10 @@ async fn check(app: &TestApp, token: &str, query: &str) -> Value {
     let response = app
         .get(&format!("/api/v1/licenses/check?{query}"), Some(token))
         .await;
-    assert_eq!(response.status(), StatusCode::OK);
-    response.json().await.expect("check")
+    let status = response.status();
+    let body: Value = response.json().await.expect("check");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
 }
 
 async fn count(db: &PgPool, sql: &str) -> i64 {

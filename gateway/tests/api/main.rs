@@ -13,3 +13,4 @@ mod permission_matrix;
 mod realtime;
 mod sdk;
 mod sessions;
+mod sse;

@@ -34,6 +34,10 @@ fn concrete(path: &str) -> String {
 
 async fn code_of(response: reqwest::Response) -> (StatusCode, Option<String>) {
     let status = response.status();
+    // Only error bodies carry a code; a successful one may be an endless stream (SSE).
+    if status.is_success() {
+        return (status, None);
+    }
     let body: Option<Value> = response.json().await.ok();
     (
         status,
