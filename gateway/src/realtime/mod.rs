@@ -6,11 +6,15 @@ pub mod publish;
 pub mod sse;
 pub mod websocket;
 
+use crate::state::AppState;
 use hub::broker::Broker;
-use hub::session::{SessionConfig, SessionSupervisor};
+use hub::outbound::Outbound;
+use hub::session::{SessionActor, SessionArgs, SessionConfig, SessionMsg, SessionSupervisor};
 use ractor::{Actor, ActorRef};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// The node's realtime machinery.
 #[derive(Debug, Clone)]
@@ -61,5 +65,43 @@ impl Realtime {
     /// Open connections.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::Acquire)
+    }
+}
+
+/// A session actor started for a new connection, with the queue its transport drains.
+#[derive(Debug)]
+pub struct OpenSession {
+    /// The session actor.
+    pub actor: ActorRef<SessionMsg>,
+    /// The session's bounded outbound queue.
+    pub queue: mpsc::Receiver<Outbound>,
+    /// Cancelled when the queue overflowed (close with 3008).
+    pub overflow: CancellationToken,
+}
+
+/// Starts the session actor of an admitted connection; gives the admission back when it cannot.
+pub async fn open_session(state: &AppState) -> Result<OpenSession, ractor::SpawnErr> {
+    let realtime = &state.realtime;
+    let (outbound, queue) = mpsc::channel(state.settings.realtime.outbound_queue);
+    let overflow = CancellationToken::new();
+    let args = SessionArgs {
+        id: realtime.session_id(),
+        node: state.settings.node_id.clone(),
+        broker: realtime.broker.clone(),
+        authority: state.authority.clone(),
+        outbound,
+        overflow: overflow.clone(),
+        config: realtime.session,
+    };
+    match Actor::spawn_linked(None, SessionActor, args, realtime.supervisor.get_cell()).await {
+        Ok((actor, _)) => Ok(OpenSession {
+            actor,
+            queue,
+            overflow,
+        }),
+        Err(error) => {
+            realtime.release();
+            Err(error)
+        }
     }
 }

@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hub::outbound::Outbound;
-use hub::session::{AuthError, SessionActor, SessionArgs, SessionMsg};
-use ractor::{Actor, ActorRef};
+use hub::session::{AuthError, SessionMsg};
+use ractor::ActorRef;
 use serde_json::{Value, json};
 use shared::ErrorCode;
 use std::collections::BTreeMap;
@@ -145,23 +145,14 @@ async fn open(state: AppState, query: String, headers: &HeaderMap) -> Result<Res
         ));
     }
     metrics::gauge!("hub_connections", "transport" => "sse").increment(1.0);
-    let (outbound, mut queue) = mpsc::channel(state.settings.realtime.outbound_queue);
-    let overflow = CancellationToken::new();
-    let args = SessionArgs {
-        id: realtime.session_id(),
-        node: state.settings.node_id.clone(),
-        broker: realtime.broker.clone(),
-        authority: state.authority.clone(),
-        outbound,
-        overflow: overflow.clone(),
-        config: realtime.session,
-    };
-    let (session, _) =
-        Actor::spawn_linked(None, SessionActor, args, realtime.supervisor.get_cell())
-            .await
-            .map_err(|error| {
-                ApiError::internal(anyhow::anyhow!("cannot start a session: {error}"))
-            })?;
+    let super::OpenSession {
+        actor: session,
+        mut queue,
+        overflow,
+    } = super::open_session(&state).await.map_err(|error| {
+        metrics::gauge!("hub_connections", "transport" => "sse").decrement(1.0);
+        ApiError::internal(anyhow::anyhow!("cannot start a session: {error}"))
+    })?;
     let guard = SessionGuard(session.clone(), realtime);
 
     // The commands a WebSocket client would send, recovering from the cursor where it has one.

@@ -9,11 +9,8 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use hub::outbound::Outbound;
-use hub::session::{SessionActor, SessionArgs, SessionMsg};
-use ractor::Actor;
+use hub::session::SessionMsg;
 use shared::protocol::disconnect;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 /// Most queued frames joined into one WebSocket frame.
 const BATCH: usize = 64;
@@ -50,30 +47,21 @@ async fn serve(state: AppState, mut socket: WebSocket) {
         return;
     }
     metrics::gauge!("hub_connections", "transport" => "websocket").increment(1.0);
-    let (outbound, mut queue) = mpsc::channel(state.settings.realtime.outbound_queue);
-    let overflow = CancellationToken::new();
-    let args = SessionArgs {
-        id: realtime.session_id(),
-        node: state.settings.node_id.clone(),
-        broker: realtime.broker.clone(),
-        authority: state.authority.clone(),
-        outbound,
-        overflow: overflow.clone(),
-        config: realtime.session,
+    let super::OpenSession {
+        actor: session,
+        mut queue,
+        overflow,
+    } = match super::open_session(&state).await {
+        Ok(opened) => opened,
+        Err(error) => {
+            tracing::error!(%error, "cannot start a session actor");
+            let _ = socket
+                .send(close(disconnect::INTERNAL, "internal error"))
+                .await;
+            metrics::gauge!("hub_connections", "transport" => "websocket").decrement(1.0);
+            return;
+        }
     };
-    let session =
-        match Actor::spawn_linked(None, SessionActor, args, realtime.supervisor.get_cell()).await {
-            Ok((session, _)) => session,
-            Err(error) => {
-                tracing::error!(%error, "cannot start a session actor");
-                let _ = socket
-                    .send(close(disconnect::INTERNAL, "internal error"))
-                    .await;
-                realtime.release();
-                metrics::gauge!("hub_connections", "transport" => "websocket").decrement(1.0);
-                return;
-            }
-        };
     let (mut sink, mut stream) = socket.split();
     let writer_overflow = overflow.clone();
     let writer = tokio::spawn(async move {
