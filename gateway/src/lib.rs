@@ -85,7 +85,11 @@ pub async fn serve(
     tokio::select! {
         result = &mut server => result.context("serving HTTP")?,
         () = shutdown.cancelled() => {
-            match tokio::time::timeout(grace, &mut server).await {
+            // Realtime sessions get 3001 spread over a few seconds while HTTP requests finish.
+            let spread = std::time::Duration::from_millis(state.settings.realtime.drain_spread_ms);
+            let drain = tokio::time::timeout(grace, state.realtime.drain(spread));
+            let (_, served) = tokio::join!(drain, tokio::time::timeout(grace, &mut server));
+            match served {
                 Ok(result) => result.context("serving HTTP")?,
                 Err(_) => tracing::warn!(?grace, "grace period over: closing remaining connections"),
             }

@@ -73,6 +73,9 @@ pub struct RealtimeSettings {
     pub history_size: usize,
     /// Oldest publication kept per channel, seconds.
     pub history_ttl_secs: u64,
+    /// On shutdown, sessions are closed with 3001 spread over this long, so they do not all
+    /// reconnect at once.
+    pub drain_spread_ms: u64,
 }
 
 impl Default for RealtimeSettings {
@@ -87,6 +90,7 @@ impl Default for RealtimeSettings {
             max_connections: 19_000,
             history_size: 100,
             history_ttl_secs: 300,
+            drain_spread_ms: 3_000,
         }
     }
 }

@@ -62,6 +62,27 @@ impl Realtime {
         self.connections.fetch_sub(1, Ordering::AcqRel);
     }
 
+    /// Closes every session with 3001 (shutdown), spread evenly over `spread`.
+    pub async fn drain(&self, spread: std::time::Duration) {
+        let sessions = self.supervisor.get_children();
+        if sessions.is_empty() {
+            return;
+        }
+        let step = spread / sessions.len() as u32;
+        tracing::info!(
+            sessions = sessions.len(),
+            ?spread,
+            "closing sessions (3001)"
+        );
+        for session in sessions {
+            let _ = session.send_message(SessionMsg::Disconnect(
+                shared::protocol::disconnect::SHUTDOWN,
+                "shutdown".into(),
+            ));
+            tokio::time::sleep(step).await;
+        }
+    }
+
     /// Open connections.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::Acquire)

@@ -88,6 +88,11 @@ pub async fn spawn_app_with(db: PgPool, configure: impl FnOnce(&mut Settings)) -
 }
 
 impl TestApp {
+    /// Starts the node's graceful shutdown (as SIGTERM does).
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
     /// A valid token for `sub` with `roles`.
     pub fn token(&self, sub: &str, roles: &[Role]) -> String {
         let request = TokenRequest {

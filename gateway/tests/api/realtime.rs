@@ -411,3 +411,16 @@ async fn a_client_that_stops_reading_is_closed_with_3008_and_its_neighbour_keeps
     );
     assert_eq!(stalled.closed().await, 3008);
 }
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn on_shutdown_every_session_is_closed_with_3001(db: PgPool) {
+    let app = spawn_app_with(db, |settings| settings.realtime.drain_spread_ms = 200).await;
+    let token = app.token("alice", &[Role::User]);
+    let (mut first, _) = Client::connect(&app, &token).await;
+    let (mut second, _) = Client::connect(&app, &token).await;
+
+    app.shutdown();
+
+    assert_eq!(first.closed().await, 3001);
+    assert_eq!(second.closed().await, 3001);
+}
