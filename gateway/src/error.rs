@@ -252,29 +252,33 @@ impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Json
                 };
                 ApiError::new(rejection.status(), code, rejection.body_text())
             })?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|error| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::MalformedJson,
-                format!("the body is not valid JSON: {error}"),
-            )
-        })?;
-        serde_path_to_error::deserialize(value)
-            .map(Json)
-            .map_err(|error| {
-                let path = error.path().to_string();
-                let location = if path == "." {
-                    "the body".to_owned()
-                } else {
-                    format!("`{path}`")
-                };
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    ErrorCode::InvalidBody,
-                    format!("{location}: {}", error.inner()),
-                )
-            })
+        parse_json(&bytes).map(Json)
     }
+}
+
+/// Parses a JSON body: 400 `malformed_json` when it is not JSON, 422 `invalid_body` (naming the
+/// field) when it is JSON of the wrong shape: wrong type, missing field, unknown enum value.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|error| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::MalformedJson,
+            format!("the body is not valid JSON: {error}"),
+        )
+    })?;
+    serde_path_to_error::deserialize(value).map_err(|error| {
+        let path = error.path().to_string();
+        let location = if path == "." {
+            "the body".to_owned()
+        } else {
+            format!("`{path}`")
+        };
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidBody,
+            format!("{location}: {}", error.inner()),
+        )
+    })
 }
 
 fn json_content_type(headers: &axum::http::HeaderMap) -> bool {

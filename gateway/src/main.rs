@@ -65,16 +65,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve => serve(settings).await,
         Command::Migrate => {
             gateway::telemetry::init(!settings.dev_mode);
-            let pool = domain::db::connect_lazy(
-                settings.database_url()?,
-                &domain::db::PoolOptions {
-                    max_connections: 2,
-                    acquire_timeout: std::time::Duration::from_secs(10),
-                },
-            )?;
-            domain::db::migrate(&pool)
-                .await
-                .context("applying migrations")?;
+            migrated_pool(&settings).await?;
             println!(
                 "migrations applied: {} known",
                 domain::db::MIGRATOR.iter().count()
@@ -82,16 +73,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Seed => {
-            let pool = domain::db::connect_lazy(
-                settings.database_url()?,
-                &domain::db::PoolOptions {
-                    max_connections: 2,
-                    acquire_timeout: std::time::Duration::from_secs(10),
-                },
-            )?;
-            domain::db::migrate(&pool)
-                .await
-                .context("applying migrations")?;
+            let pool = migrated_pool(&settings).await?;
             let report = domain::seed::seed(&pool)
                 .await
                 .context("seeding demo data")?;
@@ -121,6 +103,19 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A small pool for the one-shot commands, with every migration applied.
+async fn migrated_pool(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
+    let options = domain::db::PoolOptions {
+        max_connections: 2,
+        acquire_timeout: std::time::Duration::from_secs(10),
+    };
+    let pool = domain::db::connect_lazy(settings.database_url()?, &options)?;
+    domain::db::migrate(&pool)
+        .await
+        .context("applying migrations")?;
+    Ok(pool)
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {

@@ -2,7 +2,7 @@
 //! balance, ledger and estimate.
 
 use crate::auth::Caller;
-use crate::error::{ApiError, ApiResult, Json, Query};
+use crate::error::{ApiError, ApiResult, Json, Query, parse_json};
 use crate::idempotency;
 use crate::pagination::{PageParams, cursor_after};
 use crate::state::AppState;
@@ -15,7 +15,6 @@ use domain::DomainError;
 use domain::idempotency::StoredResponse;
 use domain::ledger::{Applied, Completion, LedgerRequest, Operation};
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use shared::Problem;
 use shared::credits::{
     AccountBalance, AdjustRequest, ChargeRequest, Estimate, EstimateRequest, LedgerEntry,
@@ -107,30 +106,6 @@ where
     }
 }
 
-/// Parses a JSON body with the same problem codes as the `Json` extractor.
-pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let value: serde_json::Value = serde_json::from_slice(body).map_err(|error| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            shared::ErrorCode::MalformedJson,
-            format!("the body is not valid JSON: {error}"),
-        )
-    })?;
-    serde_path_to_error::deserialize(value).map_err(|error| {
-        let path = error.path().to_string();
-        let location = if path == "." {
-            "the body".to_owned()
-        } else {
-            format!("`{path}`")
-        };
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            shared::ErrorCode::InvalidBody,
-            format!("{location}: {}", error.inner()),
-        )
-    })
-}
-
 fn check_amount(amount: i64, allow_negative: bool) -> Result<(), ApiError> {
     let ok = if allow_negative {
         amount != 0
@@ -208,7 +183,7 @@ pub async fn charge(
     let route = "POST /api/v1/credits/charge";
     let (state, caller) = (&state, &caller);
     run_money_route(state, caller, &headers, route, body, |body| async move {
-        let request: ChargeRequest = parse(&body)?;
+        let request: ChargeRequest = parse_json(&body)?;
         check_amount(request.amount, false)?;
         let reason = check_reason(&request.reason)?;
         let task_id = request
@@ -250,7 +225,7 @@ pub async fn refund(
     let route = "POST /api/v1/credits/refund";
     let (state, caller) = (&state, &caller);
     run_money_route(state, caller, &headers, route, body, |body| async move {
-        let request: RefundRequest = parse(&body)?;
+        let request: RefundRequest = parse_json(&body)?;
         check_amount(request.amount, false)?;
         let reason = check_reason(&request.reason)?;
         let account_id = domain::ledger::store::entry_account(&state.db, request.charge_entry_id)
@@ -287,7 +262,7 @@ pub async fn adjust(
     let route = "POST /api/v1/credits/adjust";
     let (state, caller) = (&state, &caller);
     run_money_route(state, caller, &headers, route, body, |body| async move {
-        let request: AdjustRequest = parse(&body)?;
+        let request: AdjustRequest = parse_json(&body)?;
         check_amount(request.amount, true)?;
         let reason = check_reason(&request.reason)?;
         if !crate::auth::valid_id(&request.account_id) {

@@ -156,7 +156,7 @@ pub async fn consume(
         StatusCode::OK,
         |mut tx: Tx| async move {
             let result = async {
-                let request: ConsumeLicense = crate::routes::credits::parse(&body)?;
+                let request: ConsumeLicense = crate::error::parse_json(&body)?;
                 if request.units <= 0 || request.units > 1_000_000_000 {
                     return Err(ApiError::validation(
                         "units must be between 1 and 1000000000",
@@ -212,7 +212,7 @@ pub async fn grant(
         StatusCode::CREATED,
         |mut tx: Tx| async move {
             let result = async {
-                let request: GrantLicense = crate::routes::credits::parse(&body)?;
+                let request: GrantLicense = crate::error::parse_json(&body)?;
                 if !crate::auth::valid_id(&request.subject_id) {
                     return Err(ApiError::validation("subject_id is not a valid id"));
                 }
