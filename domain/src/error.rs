@@ -23,6 +23,9 @@ pub enum DomainError {
     /// The operation conflicts with the stored state.
     #[error("{0}")]
     Conflict(String),
+    /// A task event the state machine forbids.
+    #[error("{0}")]
+    InvalidTransition(String),
     /// Refunds of a charge would exceed it.
     #[error("the refund exceeds what is left of the charge: {remaining} refundable")]
     RefundExceedsCharge {

@@ -11,5 +11,6 @@ pub mod licenses;
 pub mod pricing;
 pub mod seed;
 pub mod sessions;
+pub mod tasks;
 
 pub use error::{DomainError, DomainResult};

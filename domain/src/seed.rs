@@ -71,6 +71,7 @@ pub async fn seed(pool: &PgPool) -> DomainResult<SeedReport> {
                 },
                 actor: seeder.clone(),
                 completion: None,
+                task: None,
             };
             let outcome = execute_batch(pool, id, &[request]).await?;
             if outcome

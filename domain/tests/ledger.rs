@@ -26,6 +26,7 @@ fn request(account: &str, operation: Operation) -> LedgerRequest {
         operation,
         actor: actor(),
         completion: None,
+        task: None,
     }
 }
 

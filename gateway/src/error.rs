@@ -123,6 +123,11 @@ impl ApiError {
                 ErrorCode::RefundExceedsCharge,
                 error.to_string(),
             ),
+            DomainError::InvalidTransition(detail) => ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::InvalidTransition,
+                detail.clone(),
+            ),
             DomainError::Conflict(detail) => {
                 ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, detail.clone())
             }

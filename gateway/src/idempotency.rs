@@ -228,3 +228,60 @@ where
     }
     (stored_response(stored, false), value)
 }
+
+/// The pipeline of a POST whose `Idempotency-Key` is optional and whose work is not a database
+/// transaction of the route's own (a task event goes through the task's actor): claim the key,
+/// run `work` (its refusals are stored like its answers), store the answer. Replaying is safe
+/// even if the node stops between the work and the store: the key's lease expires and the retry
+/// meets the work's own guard (a task event is checked against the stored state machine).
+pub async fn run_keyed<T, F, Fut>(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    route: &str,
+    body: &[u8],
+    success: StatusCode,
+    work: F,
+) -> (Response, Option<T>)
+where
+    T: serde::Serialize,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<T, ApiError>>,
+{
+    let request_id = caller.request_id.clone().unwrap_or_default();
+    let key = match key_from(headers, caller, route, false) {
+        Ok(key) => key,
+        Err(error) => return (error.into_response(), None),
+    };
+    if let Some(key) = &key {
+        match claim(state, key, body).await {
+            Ok(None) => {}
+            Ok(Some(replay)) => return (replay, None),
+            Err(error) => return (error.into_response(), None),
+        }
+    }
+    let value = match work().await {
+        Ok(value) => value,
+        Err(error) => {
+            let response = match &key {
+                Some(key) => fail(state, key, error, &request_id).await,
+                None => error.into_response(),
+            };
+            return (response, None);
+        }
+    };
+    let stored = match serde_json::to_vec(&value) {
+        Ok(body) => StoredResponse {
+            status: success.as_u16(),
+            body,
+        },
+        Err(error) => return (ApiError::internal(error).into_response(), None),
+    };
+    if let Some(key) = &key
+        && let Err(error) = idempotency::complete(&state.db, key, &stored).await
+    {
+        tracing::warn!(%error, "cannot store an answer with its idempotency key; releasing it");
+        release(state, key).await;
+    }
+    (stored_response(stored, false), Some(value))
+}

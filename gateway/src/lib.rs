@@ -98,6 +98,7 @@ pub async fn serve(
     purge.abort();
     sweep.abort();
     state.realtime.supervisor.stop(Some("shutdown".into()));
+    state.tasks.stop();
     state.ledger.stop();
     state.db.close().await;
     tracing::info!("stopped");

@@ -76,6 +76,10 @@ pub struct RealtimeSettings {
     /// On shutdown, sessions are closed with 3001 spread over this long, so they do not all
     /// reconnect at once.
     pub drain_spread_ms: u64,
+    /// A task's actor stays this long after the task finished.
+    pub task_linger_ms: u64,
+    /// A task's actor without events stops after this long (it is rebuilt from PostgreSQL).
+    pub task_idle_ms: u64,
 }
 
 impl Default for RealtimeSettings {
@@ -91,11 +95,21 @@ impl Default for RealtimeSettings {
             history_size: 100,
             history_ttl_secs: 300,
             drain_spread_ms: 3_000,
+            task_linger_ms: 10_000,
+            task_idle_ms: 300_000,
         }
     }
 }
 
 impl RealtimeSettings {
+    /// Task actor timing.
+    pub fn tasks(&self) -> hub::task::TaskConfig {
+        hub::task::TaskConfig {
+            linger: Duration::from_millis(self.task_linger_ms),
+            idle: Duration::from_millis(self.task_idle_ms),
+        }
+    }
+
     /// Session timing and limits.
     pub fn session(&self) -> hub::session::SessionConfig {
         hub::session::SessionConfig {

@@ -41,6 +41,8 @@ pub struct AppState {
     pub license_cache: LicenseCache,
     /// Broker and sessions.
     pub realtime: Realtime,
+    /// Task actors.
+    pub tasks: hub::task::Tasks,
     /// What sessions ask the gateway.
     pub authority: Arc<GatewayAuthority>,
     /// Invariant: false until shutdown starts, then true for good.
@@ -77,6 +79,14 @@ impl AppState {
         let ledger = Ledger::start(db.clone(), settings.ledger.config()).await?;
         let license_cache = LicenseCache::new(redis.clone(), &settings.redis_key_prefix);
         let realtime = Realtime::start(&settings.realtime).await?;
+        let tasks = hub::task::Tasks::start(
+            db.clone(),
+            ledger.clone(),
+            realtime.broker.clone(),
+            settings.node_id.clone(),
+            settings.realtime.tasks(),
+        )
+        .await?;
         let authority = Arc::new(GatewayAuthority {
             tokens: tokens.clone(),
             permissions: permissions.clone(),
@@ -84,6 +94,7 @@ impl AppState {
         });
         Ok(Self {
             realtime,
+            tasks,
             authority,
             ledger,
             license_cache,

@@ -9,6 +9,7 @@ pub mod problem;
 pub mod protocol;
 pub mod role;
 pub mod session;
+pub mod tasks;
 
 pub use error_code::ErrorCode;
 pub use problem::Problem;

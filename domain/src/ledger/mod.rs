@@ -8,6 +8,7 @@ pub mod store;
 use crate::DomainError;
 use crate::audit::Actor;
 use crate::idempotency::{KeyRef, StoredResponse};
+use crate::tasks::{TaskChange, TaskWrite};
 use shared::credits::LedgerEntry;
 use shared::session::Balance;
 use std::fmt;
@@ -137,6 +138,9 @@ pub struct LedgerRequest {
     pub actor: Actor,
     /// The idempotency key to complete with the answer, if any.
     pub completion: Option<Completion>,
+    /// The task write to make in the same transaction: the creation of the task a `Hold` is for,
+    /// or the terminal event a `Capture` or `Release` settles. Ignored by other operations.
+    pub task: Option<TaskWrite>,
 }
 
 /// What an applied operation wrote.
@@ -148,6 +152,8 @@ pub struct Applied {
     pub related: Vec<LedgerEntry>,
     /// The account's balances after the operation.
     pub balance: Balance,
+    /// The task write made with it, if the request carried one.
+    pub task: Option<TaskChange>,
 }
 
 /// The answer to a [`LedgerRequest`].

@@ -10,7 +10,7 @@
 use super::{Applied, DEBT_REPAYMENT, LedgerRequest, Operation, Outcome};
 use crate::audit::Outcome as AuditOutcome;
 use crate::idempotency::StoredResponse;
-use crate::{DomainError, audit, idempotency};
+use crate::{DomainError, audit, idempotency, tasks};
 use chrono::{DateTime, Utc};
 use shared::credits::{EntryKind, LedgerEntry};
 use shared::session::Balance;
@@ -479,6 +479,7 @@ async fn apply_one(
         requested,
     };
     let mut related = Vec::new();
+    let mut task = None;
     let entry = match &request.operation {
         Operation::Charge {
             amount,
@@ -613,6 +614,12 @@ async fn apply_one(
             if plan.balances.available < *amount {
                 return Ok(Err(insufficient(*amount, &plan.balances)));
             }
+            if let Some(write) = &request.task {
+                match tasks::write(conn, write, actor, None).await? {
+                    Ok(change) => task = Some(change),
+                    Err(error) => return Ok(Err(error)),
+                }
+            }
             sqlx::query("insert into credit_holds (id, account_id, task_id, amount) values ($1, $2, $3, $4)")
                 .bind(hold_id)
                 .bind(account_id)
@@ -636,6 +643,11 @@ async fn apply_one(
                     "the actual cost must not be negative".into(),
                 )));
             }
+            if let Some(write) = &request.task
+                && let Err(error) = tasks::check(conn, write).await?
+            {
+                return Ok(Err(error));
+            }
             let Some((held, task_id)) = open_hold(conn, *hold_id, account_id).await? else {
                 return Ok(Err(DomainError::Conflict(format!(
                     "hold {hold_id} is not open"
@@ -643,6 +655,12 @@ async fn apply_one(
             };
             // Within the hold: the rest goes back. Beyond it: take the difference from what is
             // available (the supplementary deduction) and record what is missing as debt.
+            if let Some(write) = &request.task {
+                match tasks::write(conn, write, actor, Some(*actual)).await? {
+                    Ok(change) => task = Some(change),
+                    Err(error) => return Ok(Err(error)),
+                }
+            }
             let extra = actual - held;
             let (amount, debt_delta) = if extra <= 0 {
                 (-extra, 0)
@@ -671,11 +689,22 @@ async fn apply_one(
             entry
         }
         Operation::Release { hold_id } => {
+            if let Some(write) = &request.task
+                && let Err(error) = tasks::check(conn, write).await?
+            {
+                return Ok(Err(error));
+            }
             let Some((held, task_id)) = open_hold(conn, *hold_id, account_id).await? else {
                 return Ok(Err(DomainError::Conflict(format!(
                     "hold {hold_id} is not open"
                 ))));
             };
+            if let Some(write) = &request.task {
+                match tasks::write(conn, write, actor, None).await? {
+                    Ok(change) => task = Some(change),
+                    Err(error) => return Ok(Err(error)),
+                }
+            }
             let new = NewEntry {
                 amount: held,
                 held_delta: -held,
@@ -698,6 +727,7 @@ async fn apply_one(
         entry,
         related,
         balance: plan.balances.public(),
+        task,
     }))
 }
 

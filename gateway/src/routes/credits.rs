@@ -64,44 +64,80 @@ where
         Ok(prepared) => prepared,
         Err(error) => return idempotency::fail(state, &key, error, &request_id).await,
     };
-    let render_id = request_id.clone();
-    let render: domain::ledger::Render =
-        Arc::new(move |result: &Result<Applied, DomainError>| match result {
-            Ok(applied) => StoredResponse {
-                status: StatusCode::CREATED.as_u16(),
-                body: serde_json::to_vec(&applied.entry).unwrap_or_default(),
-            },
-            Err(error) => idempotency::render_problem(&ApiError::from_domain(error), &render_id),
-        });
     let request = LedgerRequest {
         account_id: prepared.account_id,
         operation: prepared.operation,
         actor: caller.actor(),
-        completion: Some(Completion {
-            key: key.clone(),
-            render,
-        }),
+        completion: None,
+        task: None,
+    };
+    let render = render_with(&request_id, StatusCode::CREATED, |applied| {
+        serde_json::to_vec(&applied.entry).unwrap_or_default()
+    });
+    apply_keyed(state, Some(key), request, render).await.0
+}
+
+/// Renders an operation's result as the response stored with its key: `status` and `body` on
+/// success, the problem otherwise.
+pub(crate) fn render_with(
+    request_id: &str,
+    status: StatusCode,
+    body: fn(&Applied) -> Vec<u8>,
+) -> domain::ledger::Render {
+    let request_id = request_id.to_owned();
+    Arc::new(move |result: &Result<Applied, DomainError>| match result {
+        Ok(applied) => StoredResponse {
+            status: status.as_u16(),
+            body: body(applied),
+        },
+        Err(error) => idempotency::render_problem(&ApiError::from_domain(error), &request_id),
+    })
+}
+
+/// Sends `request` to the account's actor, completing the claimed `key` (if any) with the answer
+/// in the same transaction, and returns the response with what was applied.
+pub(crate) async fn apply_keyed(
+    state: &AppState,
+    key: Option<domain::idempotency::KeyRef>,
+    mut request: LedgerRequest,
+    render: domain::ledger::Render,
+) -> (Response, Option<Applied>) {
+    request.completion = key.clone().map(|key| Completion {
+        key,
+        render: render.clone(),
+    });
+    let release = |key: Option<domain::idempotency::KeyRef>| async move {
+        if let Some(key) = &key {
+            idempotency::release(state, key).await;
+        }
     };
     match state.ledger.apply(request).await {
-        Ok(outcome) => match outcome.stored {
-            Some(stored) => idempotency::stored_response(stored, false),
-            None => {
+        Ok(outcome) => {
+            let stored = match (outcome.stored, &outcome.result) {
+                (Some(stored), _) => stored,
+                // No key: the answer is rendered here.
+                (None, result) if key.is_none() => render(result),
                 // The batch failed as a whole: nothing was written, the key can be retried.
-                idempotency::release(state, &key).await;
-                match outcome.result {
-                    Err(error) => ApiError::from(error).into_response(),
-                    Ok(_) => {
-                        ApiError::internal(anyhow::anyhow!("outcome without a stored response"))
-                            .into_response()
-                    }
+                (None, Err(error)) => {
+                    release(key).await;
+                    return (ApiError::from_domain(error).into_response(), None);
                 }
-            }
-        },
+                (None, Ok(_)) => {
+                    release(key).await;
+                    let error = anyhow::anyhow!("outcome without a stored response");
+                    return (ApiError::internal(error).into_response(), None);
+                }
+            };
+            (
+                idempotency::stored_response(stored, false),
+                outcome.result.ok(),
+            )
+        }
         Err(error) => {
             // Never sent, or the actor died: a committed batch completed the key (release is
             // then a no-op); an uncommitted one wrote nothing, so a retry may run.
-            idempotency::release(state, &key).await;
-            ApiError::from(error).into_response()
+            release(key).await;
+            (ApiError::from(error).into_response(), None)
         }
     }
 }

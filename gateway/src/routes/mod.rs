@@ -7,6 +7,7 @@ pub mod dev;
 pub mod licenses;
 pub mod ops;
 pub mod sessions;
+pub mod tasks;
 
 use crate::state::AppState;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -66,6 +67,10 @@ pub fn all(dev_mode: bool) -> OpenApiRouter<AppState> {
         .routes(routes!(licenses::grant))
         .routes(routes!(licenses::get, licenses::update))
         .routes(routes!(licenses::consume))
+        .routes(routes!(tasks::create, tasks::list))
+        .routes(routes!(tasks::get))
+        .routes(routes!(tasks::post_event, tasks::events))
+        .routes(routes!(tasks::cancel))
         .routes(routes!(crate::realtime::publish::publish))
         .routes(routes!(crate::realtime::websocket::websocket))
         .routes(routes!(crate::realtime::sse::sse));

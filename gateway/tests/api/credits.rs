@@ -1,7 +1,9 @@
 //! `/credits/*` over HTTP against real PostgreSQL: idempotency, concurrency across two nodes,
 //! refunds, permissions, validation, estimates.
 
-use crate::helpers::{TestApp, assert_problem, database_name, database_url_for, spawn_app};
+use crate::helpers::{
+    TestApp, assert_problem, database_name, database_url_for, funded_user, spawn_app,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use shared::Role;
@@ -24,29 +26,6 @@ async fn post(
         .send()
         .await
         .expect("request")
-}
-
-/// Provisions `user` (its first request) and funds its account through `/credits/adjust`.
-async fn funded_user(app: &TestApp, user: &str, credits: i64) -> String {
-    let token = app.token(user, &[Role::User]);
-    assert_eq!(
-        app.get("/api/v1/sessions/me", Some(&token)).await.status(),
-        StatusCode::OK
-    );
-    if credits > 0 {
-        let finance = app.token("finance-1", &[Role::Finance]);
-        let body = json!({"account_id": user, "amount": credits, "reason": "test funding"});
-        let response = post(
-            app,
-            "/api/v1/credits/adjust",
-            &finance,
-            &format!("fund-{user}"),
-            &body,
-        )
-        .await;
-        assert_eq!(response.status(), StatusCode::CREATED);
-    }
-    token
 }
 
 async fn count(db: &PgPool, sql: &str) -> i64 {

@@ -5,7 +5,7 @@ use gateway::auth::{Claims, TokenRequest};
 use gateway::settings::Settings;
 use gateway::state::AppState;
 use reqwest::{Method, StatusCode};
-use serde_json::Value;
+use serde_json::{Value, json};
 use shared::Role;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -207,4 +207,39 @@ pub fn database_name(db: &PgPool) -> String {
         .get_database()
         .expect("database name")
         .to_owned()
+}
+
+/// Provisions `user` (its first request) and funds its account through `/credits/adjust`;
+/// returns its token.
+pub async fn funded_user(app: &TestApp, user: &str, credits: i64) -> String {
+    let token = app.token(user, &[Role::User]);
+    assert_eq!(
+        app.get("/api/v1/sessions/me", Some(&token)).await.status(),
+        StatusCode::OK
+    );
+    if credits > 0 {
+        let finance = app.token("finance-1", &[Role::Finance]);
+        let body = json!({"account_id": user, "amount": credits, "reason": "test funding"});
+        let response = app
+            .request(Method::POST, "/api/v1/credits/adjust", Some(&finance))
+            .header("idempotency-key", format!("fund-{user}"))
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    token
+}
+
+/// A flat price rule for `task_type`: `per_unit` credits per unit, no base, no peak, no history.
+pub async fn flat_price(db: &PgPool, task_type: &str, per_unit: i64) {
+    sqlx::query(
+        "insert into price_rules (id, task_type, base_credits, per_unit_credits, history_weight_bp)          values ($1, $1, 0, $2, 0)",
+    )
+    .bind(task_type)
+    .bind(per_unit)
+    .execute(db)
+    .await
+    .expect("price rule");
 }

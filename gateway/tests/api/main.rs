@@ -14,3 +14,4 @@ mod realtime;
 mod sdk;
 mod sessions;
 mod sse;
+mod tasks;

@@ -14,19 +14,19 @@ type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A protocol client over a real socket.
-struct Client {
+pub(crate) struct Client {
     socket: Socket,
     pending: VecDeque<Value>,
     next_id: u32,
 }
 
-enum Received {
+pub(crate) enum Received {
     Message(Value),
     Closed(u16),
 }
 
 impl Client {
-    async fn open(app: &TestApp) -> Self {
+    pub(crate) async fn open(app: &TestApp) -> Self {
         let url = format!(
             "{}/connection/websocket",
             app.address.replacen("http", "ws", 1)
@@ -41,7 +41,7 @@ impl Client {
         }
     }
 
-    async fn send_raw(&mut self, text: &str) {
+    pub(crate) async fn send_raw(&mut self, text: &str) {
         self.socket
             .send(Message::Text(text.into()))
             .await
@@ -49,7 +49,7 @@ impl Client {
     }
 
     /// Sends a command with the next id; returns the id.
-    async fn command(&mut self, kind: &str, body: Value) -> u32 {
+    pub(crate) async fn command(&mut self, kind: &str, body: Value) -> u32 {
         self.next_id += 1;
         let id = self.next_id;
         self.send_raw(&json!({ "id": id, kind: body }).to_string())
@@ -57,7 +57,7 @@ impl Client {
         id
     }
 
-    async fn receive(&mut self) -> Received {
+    pub(crate) async fn receive(&mut self) -> Received {
         loop {
             if let Some(value) = self.pending.pop_front() {
                 return Received::Message(value);
@@ -82,7 +82,7 @@ impl Client {
     }
 
     /// The next message that is not a ping (`{}`), answering pings on the way.
-    async fn next(&mut self) -> Value {
+    pub(crate) async fn next(&mut self) -> Value {
         loop {
             match self.receive().await {
                 Received::Message(value) if value == json!({}) => self.send_raw("{}").await,
@@ -93,7 +93,7 @@ impl Client {
     }
 
     /// The reply to command `id`.
-    async fn reply(&mut self, id: u32) -> Value {
+    pub(crate) async fn reply(&mut self, id: u32) -> Value {
         loop {
             let value = self.next().await;
             if value["id"] == id {
@@ -103,7 +103,7 @@ impl Client {
     }
 
     /// Waits for the close code, skipping messages.
-    async fn closed(&mut self) -> u16 {
+    pub(crate) async fn closed(&mut self) -> u16 {
         loop {
             if let Received::Closed(code) = self.receive().await {
                 return code;
@@ -111,7 +111,7 @@ impl Client {
         }
     }
 
-    async fn connect(app: &TestApp, token: &str) -> (Self, Value) {
+    pub(crate) async fn connect(app: &TestApp, token: &str) -> (Self, Value) {
         let mut client = Self::open(app).await;
         let id = client
             .command("connect", json!({ "token": token, "name": "test" }))

@@ -2,7 +2,7 @@
 //! with a token, gets its personal channel, subscribes to a task and receives that task's events
 //! in order with offsets. The Node script only reports; this test asserts.
 
-use crate::helpers::spawn_app;
+use crate::helpers::{flat_price, funded_user, spawn_app};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use shared::Role;
@@ -31,15 +31,21 @@ async fn the_centrifuge_sdk_connects_subscribes_and_receives_task_events_in_orde
         "run `npm ci` in gateway/tests/centrifuge (scripts/test does)"
     );
     let app = spawn_app(db).await;
-    let token = app.token("alice", &[Role::User]);
-    app.get("/api/v1/sessions/me", Some(&token)).await;
-    let task: uuid::Uuid = sqlx::query_scalar(
-        "insert into tasks (id, owner_id, account_id, task_type, units, estimated_credits) \
-         values (gen_random_uuid(), 'alice', 'alice', 'render', 1, 1) returning id",
-    )
-    .fetch_one(&app.db)
-    .await
-    .expect("task");
+    flat_price(&app.db, "render", 10).await;
+    let token = funded_user(&app, "alice", 1_000).await;
+    let created = app
+        .send_json(
+            Method::POST,
+            "/api/v1/tasks",
+            Some(&token),
+            &json!({ "task_type": "render", "units": 2 }),
+        )
+        .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let task = created.json::<Value>().await.expect("task")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
     let channel = format!("task:{task}");
     let mut node = tokio::process::Command::new("node")
         .arg("client.mjs")
@@ -53,7 +59,7 @@ async fn the_centrifuge_sdk_connects_subscribes_and_receives_task_events_in_orde
         )
         .env("HUB_TOKEN", &token)
         .env("HUB_CHANNEL", &channel)
-        .env("HUB_EXPECT", "4")
+        .env("HUB_EXPECT", "7")
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -67,26 +73,26 @@ async fn the_centrifuge_sdk_connects_subscribes_and_receives_task_events_in_orde
         seen.push(next_event(&mut lines).await);
     }
     let service = app.token("renderer", &[Role::Service]);
-    for (n, data) in [
-        json!({ "type": "task.progress", "progress": 10, "seq": 1 }),
-        json!({ "type": "task.progress", "progress": 60, "seq": 2 }),
-        json!({ "type": "task.state", "state": "succeeded", "seq": 3 }),
+    for (n, event) in [
+        json!({ "kind": "state", "state": "running" }),
+        json!({ "kind": "progress", "progress": 60 }),
+        json!({ "kind": "state", "state": "succeeded" }),
     ]
     .into_iter()
     .enumerate()
     {
-        let body = json!({ "channel": channel, "data": data });
         let response = app
-            .send_json(Method::POST, "/api/v1/publish", Some(&service), &body)
+            .send_json(
+                Method::POST,
+                &format!("/api/v1/tasks/{task}/events"),
+                Some(&service),
+                &event,
+            )
             .await;
-        assert_eq!(response.status(), StatusCode::OK, "publication {n}");
+        assert_eq!(response.status(), StatusCode::CREATED, "event {n}");
     }
-    let body =
-        json!({ "channel": "user:alice", "data": { "type": "balance.changed", "available": 0 } });
-    app.send_json(Method::POST, "/api/v1/publish", Some(&service), &body)
-        .await;
     let mut publications = Vec::new();
-    while publications.len() < 4 {
+    while publications.len() < 7 {
         let event = next_event(&mut lines).await;
         assert_ne!(event["event"], "timeout");
         if event["event"] == "publication" {
@@ -105,6 +111,7 @@ async fn the_centrifuge_sdk_connects_subscribes_and_receives_task_events_in_orde
             .any(|e| e["event"] == "server_subscribed" && e["channel"] == "user:alice"),
         "{seen:?}"
     );
+    // Offset 1 of the task channel is `task.created`, published before the SDK subscribed.
     let task_events: Vec<(Value, Value)> = publications
         .iter()
         .filter(|p| p["channel"] == channel.as_str())
@@ -113,9 +120,9 @@ async fn the_centrifuge_sdk_connects_subscribes_and_receives_task_events_in_orde
     assert_eq!(
         task_events,
         vec![
-            (json!(1), json!(1)),
             (json!(2), json!(2)),
-            (json!(3), json!(3))
+            (json!(3), json!(3)),
+            (json!(4), json!(4))
         ]
     );
     assert!(
