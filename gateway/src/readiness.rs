@@ -61,6 +61,14 @@ pub async fn readyz(State(state): State<AppState>, headers: HeaderMap) -> Respon
     if state.redis.is_some() {
         checks.insert("redis", outcome(check_redis(&state).await));
     }
+    if state.realtime.broker.uses_redis() {
+        let linked = if state.realtime.broker.is_linked() {
+            Ok(())
+        } else {
+            Err("the pub/sub link to Redis is down (reconnecting)".to_owned())
+        };
+        checks.insert("broker", outcome(linked));
+    }
     checks.insert(
         "draining",
         outcome(if state.is_draining() {

@@ -76,6 +76,9 @@ pub struct RealtimeSettings {
     /// On shutdown, sessions are closed with 3001 spread over this long, so they do not all
     /// reconnect at once.
     pub drain_spread_ms: u64,
+    /// Where channel streams live: `auto` (Redis when `REDIS_URL` is set), `redis`, or `memory`
+    /// (one node only).
+    pub broker: BrokerKind,
     /// A task's actor stays this long after the task finished.
     pub task_linger_ms: u64,
     /// A task's actor without events stops after this long (it is rebuilt from PostgreSQL).
@@ -95,10 +98,23 @@ impl Default for RealtimeSettings {
             history_size: 100,
             history_ttl_secs: 300,
             drain_spread_ms: 3_000,
+            broker: BrokerKind::Auto,
             task_linger_ms: 10_000,
             task_idle_ms: 300_000,
         }
     }
+}
+
+/// Which broker backend a node uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BrokerKind {
+    /// Redis when configured, in-process otherwise.
+    Auto,
+    /// Redis (required).
+    Redis,
+    /// In-process: one node.
+    Memory,
 }
 
 impl RealtimeSettings {

@@ -6,7 +6,7 @@ use crate::license_cache::LicenseCache;
 use crate::permissions::PermissionMatrix;
 use crate::realtime::Realtime;
 use crate::realtime::authority::GatewayAuthority;
-use crate::settings::Settings;
+use crate::settings::{BrokerKind, Settings};
 use anyhow::Context;
 use dashmap::DashSet;
 use domain::DomainError;
@@ -78,7 +78,17 @@ impl AppState {
         let permissions = Arc::new(PermissionMatrix::builtin()?);
         let ledger = Ledger::start(db.clone(), settings.ledger.config()).await?;
         let license_cache = LicenseCache::new(redis.clone(), &settings.redis_key_prefix);
-        let realtime = Realtime::start(&settings.realtime).await?;
+        let broker_redis = match settings.realtime.broker {
+            BrokerKind::Memory => None,
+            BrokerKind::Auto => redis.clone(),
+            BrokerKind::Redis => Some(
+                redis
+                    .clone()
+                    .context("realtime.broker = redis needs REDIS_URL")?,
+            ),
+        };
+        let realtime =
+            Realtime::start(&settings.realtime, broker_redis, &settings.redis_key_prefix).await?;
         let tasks = hub::task::Tasks::start(
             db.clone(),
             ledger.clone(),

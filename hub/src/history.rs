@@ -138,35 +138,54 @@ impl Stream {
         limits: HistoryLimits,
     ) -> Recovery {
         self.trim(now, limits);
-        let not_recovered = || Recovery {
-            recovered: false,
-            offset: self.top,
-            epoch: self.epoch.clone(),
-            publications: Vec::new(),
-        };
-        if !epoch.is_empty() && epoch != self.epoch {
-            return not_recovered();
+        recover_from(
+            (self.top, &self.epoch),
+            self.history
+                .iter()
+                .map(|(publication, _)| publication.clone()),
+            offset,
+            epoch,
+        )
+    }
+}
+
+/// The recovery rules over a stream at `position` (top, epoch) whose retained `history` is in
+/// offset order: another epoch is not recovered; nothing missed is recovered exactly when the
+/// client is at the top; otherwise recovered only when history holds every publication from
+/// `offset + 1` to the top. Shared by the in-memory streams and the Redis ones.
+pub fn recover_from(
+    position: (u64, &str),
+    history: impl IntoIterator<Item = StreamPublication>,
+    offset: u64,
+    epoch: &str,
+) -> Recovery {
+    let (top, current) = position;
+    let not_recovered = || Recovery {
+        recovered: false,
+        offset: top,
+        epoch: current.to_owned(),
+        publications: Vec::new(),
+    };
+    if !epoch.is_empty() && epoch != current {
+        return not_recovered();
+    }
+    let missed: Vec<StreamPublication> = history
+        .into_iter()
+        .filter(|publication| publication.offset > offset)
+        .collect();
+    let recovered = match (missed.first(), missed.last()) {
+        (None, _) | (_, None) => top == offset,
+        (Some(first), Some(last)) => first.offset == offset + 1 && last.offset == top,
+    };
+    if recovered {
+        Recovery {
+            recovered: true,
+            offset,
+            epoch: current.to_owned(),
+            publications: missed,
         }
-        let missed: Vec<StreamPublication> = self
-            .history
-            .iter()
-            .filter(|(publication, _)| publication.offset > offset)
-            .map(|(publication, _)| publication.clone())
-            .collect();
-        let recovered = match (missed.first(), missed.last()) {
-            (None, _) | (_, None) => self.top == offset,
-            (Some(first), Some(last)) => first.offset == offset + 1 && last.offset == self.top,
-        };
-        if recovered {
-            Recovery {
-                recovered: true,
-                offset,
-                epoch: self.epoch.clone(),
-                publications: missed,
-            }
-        } else {
-            not_recovered()
-        }
+    } else {
+        not_recovered()
     }
 }
 

@@ -5,6 +5,7 @@ pub mod broker;
 pub mod channel;
 pub mod history;
 pub mod outbound;
+pub mod redis_link;
 pub mod session;
 pub mod task;
 

@@ -147,6 +147,8 @@ pub struct SessionState {
     identity: Option<Identity>,
     /// Invariant: every channel here is subscribed in the broker under `args.id`.
     subscriptions: HashSet<String>,
+    /// Channels joined whose reply is not queued yet: (channel, offset reached, epoch).
+    joining: Vec<(String, u64, String)>,
     /// The ping awaiting its pong, if any.
     awaiting_pong: Option<u64>,
     pings: u64,
@@ -212,16 +214,34 @@ impl SessionState {
         }
     }
 
-    /// Subscribes in the broker and builds the protocol result.
-    fn join(&mut self, channel: &str, request: Option<&SubscribeRequest>) -> SubscribeResult {
+    /// Subscribes in the broker (as joining) and builds the protocol result; the caller sends
+    /// its reply, then [`SessionState::activate`]s the channel. `None` when the broker failed.
+    async fn join(
+        &mut self,
+        channel: &str,
+        request: Option<&SubscribeRequest>,
+    ) -> Option<SubscribeResult> {
         let recover = request
             .filter(|request| request.recover)
             .map(|request| (request.offset, request.epoch.as_str()));
-        let subscribed = self
+        let subscribed = match self
             .args
             .broker
-            .subscribe(channel, self.subscriber(), recover);
+            .subscribe(channel, self.subscriber(), recover)
+            .await
+        {
+            Ok(subscribed) => subscribed,
+            Err(error) => {
+                tracing::warn!(%error, channel, "cannot subscribe");
+                return None;
+            }
+        };
         self.subscriptions.insert(channel.to_owned());
+        self.joining.push((
+            channel.to_owned(),
+            subscribed.reached(),
+            subscribed.epoch.clone(),
+        ));
         metrics::gauge!("hub_subscriptions").increment(1.0);
         if recover.is_some() {
             let outcome = if subscribed.recovered {
@@ -231,7 +251,7 @@ impl SessionState {
             };
             metrics::counter!("hub_recoveries_total", "outcome" => outcome).increment(1);
         }
-        SubscribeResult {
+        Some(SubscribeResult {
             recoverable: true,
             positioned: true,
             epoch: subscribed.epoch,
@@ -244,6 +264,15 @@ impl SessionState {
                 .map(|p| p.to_protocol())
                 .collect::<Vec<Publication>>(),
             ..SubscribeResult::default()
+        })
+    }
+
+    /// Makes the channels joined since the last call live, now that their replies are queued.
+    fn activate(&mut self) {
+        for (channel, reached, epoch) in self.joining.drain(..) {
+            self.args
+                .broker
+                .activate(&channel, self.args.id, reached, &epoch);
         }
     }
 
@@ -283,8 +312,14 @@ impl SessionState {
         let (expires, ttl) = self.schedule_expiry(myself);
         let mut subs = BTreeMap::new();
         if let Some(channel) = personal {
-            let result = self.join(&channel, request.subs.get(&channel));
-            subs.insert(channel, result);
+            match self.join(&channel, request.subs.get(&channel)).await {
+                Some(result) => {
+                    subs.insert(channel, result);
+                }
+                None => {
+                    return self.close(myself, disconnect::INTERNAL, "internal error");
+                }
+            }
         }
         let config = self.args.config;
         let result = ConnectResult {
@@ -299,6 +334,7 @@ impl SessionState {
             node: self.args.node.clone(),
         };
         self.send(frame(json!({ "id": id, "connect": result })));
+        self.activate();
         // First ping at a random point between half and the whole interval, so sessions that
         // connected together do not ping together.
         let half = config.ping_interval / 2;
@@ -343,8 +379,11 @@ impl SessionState {
                 return self.send(error_reply(id, error::INTERNAL, "internal error"));
             }
         }
-        let result = self.join(&name, Some(&request));
+        let Some(result) = self.join(&name, Some(&request)).await else {
+            return self.send(error_reply(id, error::INTERNAL, "internal error"));
+        };
         self.send(frame(json!({ "id": id, "subscribe": result })));
+        self.activate();
     }
 
     fn refresh(&mut self, myself: &ActorRef<SessionMsg>, id: u32, token: &str) {
@@ -444,6 +483,7 @@ impl Actor for SessionActor {
             args,
             identity: None,
             subscriptions: HashSet::new(),
+            joining: Vec::new(),
             awaiting_pong: None,
             pings: 0,
             token_generation: 0,

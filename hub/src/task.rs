@@ -170,8 +170,8 @@ impl Tasks {
     }
 
     /// Publishes a task change made outside an actor (a creation).
-    pub fn publish(&self, change: &TaskChange, balance: Option<&Balance>) {
-        publish_change(&self.shared.broker, change, balance);
+    pub async fn publish(&self, change: &TaskChange, balance: Option<&Balance>) {
+        publish_change(&self.shared.broker, change, balance).await;
     }
 
     /// Stops every task actor (shutdown); events in flight finish first.
@@ -222,30 +222,28 @@ pub fn event_data(change: &TaskChange) -> Value {
 }
 
 /// Publishes a task change on `task:{id}` and `user:{owner}`, and the balance on the owner's
-/// channel when it moved.
-pub fn publish_change(broker: &Broker, change: &TaskChange, balance: Option<&Balance>) {
+/// channel when it moved. The change is committed: while Redis is away the publications are kept
+/// and published once it is back.
+pub async fn publish_change(broker: &Broker, change: &TaskChange, balance: Option<&Balance>) {
     let data = event_data(change);
     let user = Channel::User(change.task.owner_id.clone()).name();
-    broker.publish(&Channel::Task(change.task.id.clone()).name(), data.clone());
-    broker.publish(&user, data);
-    let mut published = 2;
+    broker
+        .publish_or_keep(&Channel::Task(change.task.id.clone()).name(), data.clone())
+        .await;
+    broker.publish_or_keep(&user, data).await;
     if let Some(balance) = balance {
-        broker.publish(
-            &user,
-            json!({
-                "type": "balance.changed",
-                "ts": now_ms(),
-                "account_id": change.task.account_id,
-                "available": balance.available,
-                "held": balance.held,
-                "total": balance.total,
-                "debt": balance.debt,
-                "task_id": change.task.id,
-            }),
-        );
-        published += 1;
+        let data = json!({
+            "type": "balance.changed",
+            "ts": now_ms(),
+            "account_id": change.task.account_id,
+            "available": balance.available,
+            "held": balance.held,
+            "total": balance.total,
+            "debt": balance.debt,
+            "task_id": change.task.id,
+        });
+        broker.publish_or_keep(&user, data).await;
     }
-    metrics::counter!("hub_publications_total").increment(published);
 }
 
 /// One task's actor.
@@ -325,7 +323,8 @@ impl Actor for TaskActor {
                             &state.shared.broker,
                             &applied.change,
                             applied.balance.as_ref(),
-                        );
+                        )
+                        .await;
                         "applied"
                     }
                     Err(DomainError::InvalidTransition(_)) => "invalid_transition",

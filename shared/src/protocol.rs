@@ -258,6 +258,9 @@ pub mod disconnect {
     pub const SLOW: u16 = 3008;
     /// Write error (reconnect).
     pub const WRITE_ERROR: u16 = 3009;
+    /// The node lost track of a channel's stream (a gap, or its epoch changed): reconnect and
+    /// recover (reconnect).
+    pub const INSUFFICIENT_STATE: u16 = 3010;
     /// Missing pong (reconnect).
     pub const NO_PONG: u16 = 3012;
     /// Invalid token (terminal).

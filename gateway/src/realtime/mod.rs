@@ -31,11 +31,20 @@ pub struct Realtime {
 }
 
 impl Realtime {
-    /// Starts the session supervisor and the broker.
-    pub async fn start(settings: &crate::settings::RealtimeSettings) -> anyhow::Result<Self> {
+    /// Starts the session supervisor and the broker: in Redis when `redis` is given (keys under
+    /// `prefix`), in-process otherwise.
+    pub async fn start(
+        settings: &crate::settings::RealtimeSettings,
+        redis: Option<redis::Client>,
+        prefix: &str,
+    ) -> anyhow::Result<Self> {
         let (supervisor, _) = Actor::spawn(None, SessionSupervisor, ()).await?;
+        let broker = match redis {
+            Some(client) => Broker::with_redis(settings.history(), client, prefix),
+            None => Arc::new(Broker::new(settings.history())),
+        };
         Ok(Self {
-            broker: Arc::new(Broker::new(settings.history())),
+            broker,
             supervisor,
             session: settings.session(),
             next_session: Arc::new(AtomicU64::new(1)),

@@ -34,6 +34,7 @@ pub struct Published {
     request_body = PublishRequest,
     responses(
         (status = 200, body = Published),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub async fn publish(
     State(state): State<AppState>,
@@ -54,20 +55,21 @@ pub async fn publish(
     data.entry("ts")
         .or_insert_with(|| chrono::Utc::now().timestamp_millis().into());
     let name = channel.name();
-    let publication = state
+    let published = state
         .realtime
         .broker
-        .publish(&name, serde_json::Value::Object(data));
-    metrics::counter!("hub_publications_total").increment(1);
-    let epoch = state
-        .realtime
-        .broker
-        .position(&name)
-        .map(|(_, epoch)| epoch)
-        .unwrap_or_default();
+        .publish(&name, serde_json::Value::Object(data))
+        .await
+        .map_err(|error| {
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                shared::ErrorCode::ServiceUnavailable,
+                format!("cannot publish now ({error}); retry"),
+            )
+        })?;
     Ok(Json(Published {
         channel: name,
-        offset: publication.offset,
-        epoch,
+        offset: published.offset,
+        epoch: published.epoch,
     }))
 }

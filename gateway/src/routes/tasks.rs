@@ -104,7 +104,7 @@ pub async fn create(
         && let Some(change) = &applied.task
     {
         metrics::counter!("tasks_created_total").increment(1);
-        state.tasks.publish(change, Some(&applied.balance));
+        state.tasks.publish(change, Some(&applied.balance)).await;
     }
     response
 }
@@ -137,7 +137,7 @@ async fn create_free(
     match result {
         Ok((change, stored)) => {
             metrics::counter!("tasks_created_total").increment(1);
-            state.tasks.publish(&change, None);
+            state.tasks.publish(&change, None).await;
             idempotency::stored_response(stored, false)
         }
         Err(error) => {

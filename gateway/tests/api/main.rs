@@ -4,6 +4,7 @@
 mod audit;
 mod auth;
 mod binary;
+mod cluster;
 mod credits;
 mod errors;
 mod helpers;

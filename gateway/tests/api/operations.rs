@@ -72,7 +72,11 @@ async fn readyz_is_503_naming_redis_when_redis_is_unreachable(db: PgPool) {
         "service_unavailable",
     )
     .await;
-    assert_eq!(body["failing"], serde_json::json!(["redis"]), "{body}");
+    assert_eq!(
+        body["failing"],
+        serde_json::json!(["broker", "redis"]),
+        "the pub/sub link and the command path: {body}"
+    );
     assert_eq!(body["checks"]["postgres"], "ok");
 }
 
