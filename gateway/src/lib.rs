@@ -79,6 +79,7 @@ pub async fn serve(
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(30)).await;
             broker.sweep();
+            metrics::gauge!("hub_channels").set(broker.subscribed_channels() as f64);
         }
     });
     let mut server = std::pin::pin!(server.into_future());

@@ -63,6 +63,8 @@ pub struct RealtimeSettings {
     pub connect_timeout_ms: u64,
     /// Most subscriptions per session.
     pub max_subscriptions: usize,
+    /// How long past its token's expiry a session may still refresh (3005 after).
+    pub expiry_grace_ms: u64,
     /// Frames queued per session before the client counts as too slow (3008).
     pub outbound_queue: usize,
     /// Largest incoming frame (3506 beyond).
@@ -92,6 +94,7 @@ impl Default for RealtimeSettings {
             pong_timeout_ms: 10_000,
             connect_timeout_ms: 10_000,
             max_subscriptions: 128,
+            expiry_grace_ms: 25_000,
             outbound_queue: 1_024,
             max_frame_bytes: 64 * 1024,
             max_connections: 19_000,
@@ -133,6 +136,7 @@ impl RealtimeSettings {
             pong_timeout: Duration::from_millis(self.pong_timeout_ms),
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             max_subscriptions: self.max_subscriptions,
+            expiry_grace: Duration::from_millis(self.expiry_grace_ms),
         }
     }
 

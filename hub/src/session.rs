@@ -72,6 +72,9 @@ pub struct SessionConfig {
     pub connect_timeout: Duration,
     /// Most subscriptions per session (the personal channel included).
     pub max_subscriptions: usize,
+    /// How long past its token's expiry a session may still refresh before it is closed with
+    /// 3005 (the SDK refreshes right at `ttl`, so this absorbs its round trip).
+    pub expiry_grace: Duration,
 }
 
 impl Default for SessionConfig {
@@ -81,6 +84,7 @@ impl Default for SessionConfig {
             pong_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             max_subscriptions: 128,
+            expiry_grace: Duration::from_secs(25),
         }
     }
 }
@@ -290,7 +294,8 @@ impl SessionState {
         let ttl = (identity.expires_at - now_unix()).max(0) as u64;
         self.token_generation += 1;
         let generation = self.token_generation;
-        myself.send_after(Duration::from_secs(ttl), move || {
+        let grace = self.args.config.expiry_grace;
+        myself.send_after(Duration::from_secs(ttl) + grace, move || {
             SessionMsg::Expire(generation)
         });
         (true, u32::try_from(ttl).unwrap_or(u32::MAX))

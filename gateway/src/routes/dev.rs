@@ -1,10 +1,12 @@
-//! `POST /api/v1/dev/login`: mints a token for anyone. Registered only in dev mode.
+//! Dev mode only: `POST /api/v1/dev/login` mints a token for anyone; `/demo` is a page showing a
+//! task's progress live through the `centrifuge` SDK.
 
 use crate::auth::{TokenRequest, valid_id};
 use crate::error::{ApiError, ApiResult, Json};
 use crate::state::AppState;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
 use domain::audit::{Actor, AuditEntry, Outcome};
 use serde::{Deserialize, Serialize};
 use shared::{Problem, Role};
@@ -117,4 +119,36 @@ pub async fn login(
             expires_at: claims.exp,
         }),
     ))
+}
+
+/// The demo page (`gateway/static/demo.html`).
+const DEMO_PAGE: &str = include_str!("../../static/demo.html");
+/// The browser build of the official `centrifuge` SDK, v5.8.0 (MIT; `gateway/static/`).
+const CENTRIFUGE_JS: &str = include_str!("../../static/centrifuge.js");
+
+/// Dev mode only: a page that creates a task and shows its progress live through the
+/// `centrifuge` SDK as a service posts its events (`?token=&service=` prefill the tokens).
+#[utoipa::path(get, path = "/demo", tag = "operations",
+    responses((status = 200, description = "The demo page", content_type = "text/html")))]
+pub async fn demo_page() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        DEMO_PAGE,
+    )
+}
+
+/// Dev mode only: the `centrifuge` SDK the demo page loads.
+#[utoipa::path(get, path = "/demo/centrifuge.js", tag = "operations",
+    responses((status = 200, description = "The centrifuge SDK", content_type = "text/javascript")))]
+pub async fn demo_sdk() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        CENTRIFUGE_JS,
+    )
 }

@@ -75,7 +75,10 @@ pub fn all(dev_mode: bool) -> OpenApiRouter<AppState> {
         .routes(routes!(crate::realtime::websocket::websocket))
         .routes(routes!(crate::realtime::sse::sse));
     if dev_mode {
-        router = router.routes(routes!(dev::login));
+        router = router
+            .routes(routes!(dev::login))
+            .routes(routes!(dev::demo_page))
+            .routes(routes!(dev::demo_sdk));
     }
     router
 }

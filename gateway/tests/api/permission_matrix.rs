@@ -135,7 +135,7 @@ async fn the_router_and_the_matrix_list_the_same_routes(db: PgPool) {
 }
 
 #[sqlx::test(migrator = "domain::db::MIGRATOR")]
-async fn outside_dev_mode_the_dev_login_route_does_not_exist(db: PgPool) {
+async fn outside_dev_mode_the_dev_routes_do_not_exist(db: PgPool) {
     let app = crate::helpers::spawn_app_with(db, |settings| settings.dev_mode = false).await;
 
     let response = app
@@ -152,4 +152,12 @@ async fn outside_dev_mode_the_dev_login_route_does_not_exist(db: PgPool) {
         (status, code.as_deref()),
         (StatusCode::NOT_FOUND, Some("route_not_found"))
     );
+    for path in ["/demo", "/demo/centrifuge.js"] {
+        let (status, code) = code_of(app.get(path, None).await).await;
+        assert_eq!(
+            (status, code.as_deref()),
+            (StatusCode::NOT_FOUND, Some("route_not_found")),
+            "{path}"
+        );
+    }
 }

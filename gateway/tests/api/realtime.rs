@@ -281,6 +281,26 @@ async fn an_expired_token_gets_error_109_so_the_client_can_refresh(db: PgPool) {
 }
 
 #[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn a_session_whose_token_expires_without_refresh_is_closed_with_3005(db: PgPool) {
+    let app = spawn_app_with(db, |settings| settings.realtime.expiry_grace_ms = 0).await;
+    let now = chrono::Utc::now().timestamp();
+    let short = app.sign(&gateway::auth::Claims {
+        sub: "alice".into(),
+        roles: vec!["user".into()],
+        exp: now + 2,
+        iat: now,
+        account_id: None,
+        name: None,
+    });
+
+    let (mut client, reply) = Client::connect(&app, &short).await;
+
+    assert_eq!(reply["connect"]["expires"], true);
+    assert!(reply["connect"]["ttl"].as_u64().is_some_and(|ttl| ttl <= 2));
+    assert_eq!(client.closed().await, 3005);
+}
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
 async fn a_returning_client_recovers_each_missed_event_exactly_once(db: PgPool) {
     let app = spawn_app(db).await;
     let token = app.token("alice", &[Role::User]);

@@ -2,7 +2,7 @@
 //! with a token, gets its personal channel, subscribes to a task and receives that task's events
 //! in order with offsets. The Node script only reports; this test asserts.
 
-use crate::helpers::{flat_price, funded_user, spawn_app};
+use crate::helpers::{flat_price, funded_user, spawn_app, spawn_app_with};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use shared::Role;
@@ -131,4 +131,93 @@ async fn the_centrifuge_sdk_connects_subscribes_and_receives_task_events_in_orde
             .any(|p| p["channel"] == "user:alice" && p["data"]["type"] == "balance.changed")
     );
     assert!(status.success(), "the SDK client exited with {status}");
+}
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn the_demo_page_serves_the_same_sdk_the_tests_run(db: PgPool) {
+    let app = spawn_app(db).await;
+
+    let page = app.get("/demo", None).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    let html = page.text().await.expect("html");
+    let sdk = app.get("/demo/centrifuge.js", None).await;
+    assert_eq!(sdk.status(), StatusCode::OK);
+    let served = sdk.text().await.expect("js");
+    let tested = std::fs::read_to_string(
+        std::path::Path::new(SDK_DIR).join("node_modules/centrifuge/dist/centrifuge.js"),
+    )
+    .expect("the SDK the Node test runs");
+
+    for needle in [
+        "/demo/centrifuge.js",
+        "/connection/websocket",
+        "/api/v1/tasks",
+        "newSubscription(`task:${taskId}`)",
+    ] {
+        assert!(html.contains(needle), "the page uses {needle}");
+    }
+    let without_source_map = tested
+        .lines()
+        .filter(|line| !line.starts_with("//# sourceMappingURL"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(served.trim_end(), without_source_map.trim_end());
+}
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn the_sdk_refreshes_an_expiring_token_and_its_session_lives_on(db: PgPool) {
+    let app = spawn_app_with(db, |settings| settings.realtime.expiry_grace_ms = 1_500).await;
+    let now = chrono::Utc::now().timestamp();
+    let short = app.sign(&gateway::auth::Claims {
+        sub: "alice".into(),
+        roles: vec!["user".into()],
+        exp: now + 3,
+        iat: now,
+        account_id: None,
+        name: None,
+    });
+    let mut node = tokio::process::Command::new("node")
+        .arg("client.mjs")
+        .current_dir(SDK_DIR)
+        .env(
+            "HUB_WS_URL",
+            format!(
+                "{}/connection/websocket",
+                app.address.replacen("http", "ws", 1)
+            ),
+        )
+        .env("HUB_TOKEN", &short)
+        .env("HUB_NEXT_TOKEN", app.token("alice", &[Role::User]))
+        .env("HUB_EXPECT", "1")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
+    let mut seen = Vec::new();
+    while !seen.iter().any(|e: &Value| e["event"] == "get_token") {
+        seen.push(next_event(&mut lines).await);
+    }
+    // Past the old token's expiry and the grace: a session that had not refreshed is gone.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let service = app.token("publisher", &[Role::Service]);
+    let body = json!({ "channel": "user:alice", "data": { "type": "note", "n": 1 } });
+    let published = app
+        .send_json(Method::POST, "/api/v1/publish", Some(&service), &body)
+        .await;
+    assert_eq!(published.status(), StatusCode::OK);
+    let publication = loop {
+        let event = next_event(&mut lines).await;
+        if event["event"] == "publication" {
+            break event;
+        }
+        seen.push(event);
+    };
+
+    assert_eq!(publication["data"]["n"], 1);
+    assert!(
+        !seen.iter().any(|e| e["event"] == "disconnected"),
+        "the session lived on: {seen:?}"
+    );
 }

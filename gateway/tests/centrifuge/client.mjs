@@ -2,16 +2,24 @@
 // started it can assert on what the SDK saw; it never decides pass or fail itself.
 //
 // Environment: HUB_WS_URL, HUB_TOKEN, HUB_CHANNEL (a channel to subscribe to besides the
-// personal one), HUB_EXPECT (publications to wait for before exiting).
+// personal one), HUB_EXPECT (publications to wait for before exiting), HUB_NEXT_TOKEN (given to
+// the SDK when it asks to refresh its token).
 import { Centrifuge } from 'centrifuge';
 import WebSocket from 'ws';
 
-const { HUB_WS_URL, HUB_TOKEN, HUB_CHANNEL, HUB_EXPECT } = process.env;
+const { HUB_WS_URL, HUB_TOKEN, HUB_CHANNEL, HUB_EXPECT, HUB_NEXT_TOKEN } = process.env;
 const expected = Number(HUB_EXPECT ?? '1');
 const print = (event) => process.stdout.write(JSON.stringify(event) + '\n');
 let received = 0;
 
-const client = new Centrifuge(HUB_WS_URL, { token: HUB_TOKEN, websocket: WebSocket, name: 'sdk-test' });
+const options = { token: HUB_TOKEN, websocket: WebSocket, name: 'sdk-test' };
+if (HUB_NEXT_TOKEN) {
+  options.getToken = async () => {
+    print({ event: 'get_token' });
+    return HUB_NEXT_TOKEN;
+  };
+}
+const client = new Centrifuge(HUB_WS_URL, options);
 
 const count = () => {
   received += 1;
