@@ -81,10 +81,11 @@ ensure_postgres_5432() {
   start_private_postgres "$1" 5432
 }
 
-# ensure_redis: Redis on 127.0.0.1:6379, installed and started when missing.
+# ensure_redis: Redis on 127.0.0.1:6379, installed and started when missing. The binary is
+# installed even when a Redis already answers: the restart test starts a private one.
 ensure_redis() {
-  port_open 127.0.0.1 6379 && return 0
   command -v redis-server >/dev/null || apt_install redis-server
+  port_open 127.0.0.1 6379 && return 0
   log "starting Redis on 127.0.0.1:6379 (no persistence)"
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
   for _ in $(seq 1 30); do port_open 127.0.0.1 6379 && return 0; sleep 0.5; done
