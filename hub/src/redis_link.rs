@@ -396,7 +396,7 @@ async fn run(link: Weak<RedisLink>, broker: Weak<Broker>) {
                         }
                         _ = ping.tick() => {
                             let Ok(Connections { mut topics, .. }) = link.connections() else { break };
-                            let alive = tokio::time::timeout(TIMEOUT, topics.ping::<String>()).await;
+                            let alive = tokio::time::timeout(TIMEOUT, topics.ping::<redis::Value>()).await;
                             if !matches!(alive, Ok(Ok(_))) {
                                 break;
                             }

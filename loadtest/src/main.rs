@@ -1,8 +1,13 @@
 //! `loadtest`: drives hub nodes over the network and reports latency percentiles and outcome
 //! mixes. Ctrl-C stops a run early and still prints what was measured.
 
+mod chart;
 mod charge;
+mod pushgateway;
+mod realtime;
 mod report;
+mod session;
+mod tally;
 mod tokens;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +28,20 @@ enum Scenario {
     /// p50/p95/p99 and the outcome mix), then a closed-loop hot-account phase measuring charges/s
     /// on a batching node and, with --naive-target, on a node with batching off.
     Charge(charge::ChargeArgs),
+    /// Realtime sessions: ramp N WebSocket or SSE sessions at a set rate over the targets (from
+    /// 127.0.0.1 … 127.0.0.N source addresses), hold them, and report join errors and the
+    /// servers' resident memory per session (from their /metrics before and after).
+    Connections(realtime::ConnectionsArgs),
+    /// Push latency: N sessions on the targets, each on its personal channel (and optionally
+    /// shared task channels); a publisher posts at a fixed rate through --publish-target (another
+    /// node, to cross Redis). Latency from each publication's `ts`: p50/p95/p99/max, lost and
+    /// duplicated counts.
+    Push(realtime::PushArgs),
+    /// Fan-out: one channel with M subscribers; time from each publish to its last delivery.
+    Fanout(realtime::FanoutArgs),
+    /// Reconnect storm: all sessions drop their sockets at once and reconnect recovering while
+    /// publications continue; lost and duplicated events, and the time until every session is back.
+    ReconnectStorm(realtime::StormArgs),
 }
 
 #[tokio::main]
@@ -41,5 +60,9 @@ async fn main() -> anyhow::Result<()> {
     });
     match cli.scenario {
         Scenario::Charge(args) => charge::run(args, stop).await,
+        Scenario::Connections(args) => realtime::connections(args, stop).await,
+        Scenario::Push(args) => realtime::push(args, stop).await,
+        Scenario::Fanout(args) => realtime::fanout(args, stop).await,
+        Scenario::ReconnectStorm(args) => realtime::reconnect_storm(args, stop).await,
     }
 }

@@ -246,6 +246,53 @@ pub struct ProtocolError {
     pub temporary: bool,
 }
 
+/// A server message as a client reads it: a reply to command `id` (its result or `error`), or,
+/// with `id` 0, a push. `{}` alone is a ping, answered with `{}`.
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct Reply {
+    /// The command answered (0 for pushes and pings).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub id: u32,
+    /// Why the command failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ProtocolError>,
+    /// Result of `connect`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<ConnectResult>,
+    /// Result of `subscribe`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscribe: Option<SubscribeResult>,
+    /// Result of `refresh`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<RefreshResult>,
+    /// A push (publication, disconnect, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<Push>,
+}
+
+impl Reply {
+    /// Whether this is a server ping (`{}`).
+    pub fn is_ping(&self) -> bool {
+        self.id == 0
+            && self.error.is_none()
+            && self.connect.is_none()
+            && self.subscribe.is_none()
+            && self.refresh.is_none()
+            && self.push.is_none()
+    }
+}
+
+/// A push: something that happened on a channel.
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct Push {
+    /// The channel.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub channel: String,
+    /// A publication.
+    #[serde(rename = "pub", default, skip_serializing_if = "Option::is_none")]
+    pub publication: Option<Publication>,
+}
+
 /// Disconnect codes (WebSocket close codes).
 pub mod disconnect {
     /// Server shutdown (reconnect).

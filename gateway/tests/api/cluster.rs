@@ -294,3 +294,23 @@ async fn the_in_process_broker_serves_a_node_without_redis(db: PgPool) {
     assert_eq!(personal["publications"][0]["data"]["n"], 2);
     assert_eq!(personal["publications"][0]["offset"], 2);
 }
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn the_redis_link_stays_up_across_its_keepalive_pings(db: PgPool) {
+    let app = spawn_app(db).await;
+    let token = app.token("alice", &[Role::User]);
+    let (mut client, _) = Client::connect(&app, &token).await;
+
+    // Longer than the link's ping interval (5 s): a ping answered in subscribed mode must not
+    // count as a dead link (that would resync every subscriber with 3010).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        publish(&app, "user:alice", json!({ "type": "note", "n": 1 }))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+
+    assert_eq!(client.next().await["push"]["pub"]["data"]["n"], 1);
+    assert_eq!(ready(&app).await.0, StatusCode::OK);
+}

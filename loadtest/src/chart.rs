@@ -1,0 +1,84 @@
+//! The SVG chart of a run: delivery latency percentiles (top) and live sessions (bottom) per
+//! second.
+
+use crate::tally::Sample;
+use plotters::prelude::*;
+use std::path::Path;
+
+/// Draws `timeline` into an SVG file at `path`.
+pub fn write(path: &Path, scenario: &str, timeline: &[Sample]) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let root = SVGBackend::new(path, (960, 640)).into_drawing_area();
+    root.fill(&WHITE).map_err(chart_error)?;
+    let (top, bottom) = root.split_vertically(340);
+    let seconds = timeline.last().map_or(1.0, |sample| sample.second).max(1.0);
+    let latency_max = timeline
+        .iter()
+        .map(|sample| sample.p99_ms)
+        .fold(1.0_f64, f64::max)
+        * 1.1;
+    let mut latency = ChartBuilder::on(&top)
+        .caption(format!("{scenario}: delivery latency per second"), ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..seconds, 0.0..latency_max)
+        .map_err(chart_error)?;
+    latency
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("ms")
+        .draw()
+        .map_err(chart_error)?;
+    for (name, color, pick) in [
+        ("p50", BLUE, (|s: &Sample| s.p50_ms) as fn(&Sample) -> f64),
+        ("p99", RED, |s: &Sample| s.p99_ms),
+    ] {
+        latency
+            .draw_series(LineSeries::new(
+                timeline
+                    .iter()
+                    .filter(|sample| sample.deliveries > 0)
+                    .map(|sample| (sample.second, pick(sample))),
+                color.stroke_width(2),
+            ))
+            .map_err(chart_error)?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2)));
+    }
+    latency
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(chart_error)?;
+    let live_max = timeline.iter().map(|sample| sample.live).max().unwrap_or(1).max(1) as f64 * 1.1;
+    let mut live = ChartBuilder::on(&bottom)
+        .caption("live sessions", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..seconds, 0.0..live_max)
+        .map_err(chart_error)?;
+    live.configure_mesh()
+        .x_desc("seconds")
+        .y_desc("sessions")
+        .draw()
+        .map_err(chart_error)?;
+    live.draw_series(LineSeries::new(
+        timeline
+            .iter()
+            .map(|sample| (sample.second, sample.live as f64)),
+        GREEN.stroke_width(2),
+    ))
+    .map_err(chart_error)?;
+    root.present().map_err(chart_error)?;
+    println!("chart written to {}", path.display());
+    Ok(())
+}
+
+fn chart_error(error: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("drawing the chart: {error}")
+}
