@@ -69,6 +69,8 @@ pub struct RealtimeSettings {
     pub outbound_queue: usize,
     /// Largest incoming frame (3506 beyond).
     pub max_frame_bytes: usize,
+    /// Read buffer of each WebSocket connection (the largest part of a session's memory).
+    pub ws_read_buffer_bytes: usize,
     /// Most connections per node (3504 beyond).
     pub max_connections: usize,
     /// Publications kept per channel for recovery.
@@ -97,6 +99,7 @@ impl Default for RealtimeSettings {
             expiry_grace_ms: 25_000,
             outbound_queue: 1_024,
             max_frame_bytes: 64 * 1024,
+            ws_read_buffer_bytes: 4 * 1024,
             max_connections: 19_000,
             history_size: 100,
             history_ttl_secs: 300,

@@ -20,7 +20,10 @@ pub fn write(path: &Path, scenario: &str, timeline: &[Sample]) -> anyhow::Result
         .fold(1.0_f64, f64::max)
         * 1.1;
     let mut latency = ChartBuilder::on(&top)
-        .caption(format!("{scenario}: delivery latency per second"), ("sans-serif", 18))
+        .caption(
+            format!("{scenario}: delivery latency per second"),
+            ("sans-serif", 18),
+        )
         .margin(12)
         .x_label_area_size(30)
         .y_label_area_size(60)
@@ -54,7 +57,13 @@ pub fn write(path: &Path, scenario: &str, timeline: &[Sample]) -> anyhow::Result
         .background_style(WHITE.mix(0.8))
         .draw()
         .map_err(chart_error)?;
-    let live_max = timeline.iter().map(|sample| sample.live).max().unwrap_or(1).max(1) as f64 * 1.1;
+    let live_max = timeline
+        .iter()
+        .map(|sample| sample.live)
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64
+        * 1.1;
     let mut live = ChartBuilder::on(&bottom)
         .caption("live sessions", ("sans-serif", 18))
         .margin(12)

@@ -1,8 +1,8 @@
 //! `loadtest`: drives hub nodes over the network and reports latency percentiles and outcome
 //! mixes. Ctrl-C stops a run early and still prints what was measured.
 
-mod chart;
 mod charge;
+mod chart;
 mod pushgateway;
 mod realtime;
 mod report;

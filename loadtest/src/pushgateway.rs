@@ -46,7 +46,10 @@ mod tests {
         let text = exposition(&[
             ("loadtest_lost_total".into(), 0.0),
             ("loadtest_delivery_latency_ms{quantile=\"0.5\"}".into(), 1.5),
-            ("loadtest_delivery_latency_ms{quantile=\"0.99\"}".into(), 9.0),
+            (
+                "loadtest_delivery_latency_ms{quantile=\"0.99\"}".into(),
+                9.0,
+            ),
         ]);
         assert_eq!(
             text,

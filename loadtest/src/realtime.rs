@@ -204,7 +204,12 @@ struct Fleet {
 impl Fleet {
     /// Opens `specs` at `rate` per second; returns once every session joined or gave up (or on
     /// `stop`).
-    async fn ramp(specs: Vec<Spec>, rate: u64, tally: Arc<Tally>, stop: &CancellationToken) -> Self {
+    async fn ramp(
+        specs: Vec<Spec>,
+        rate: u64,
+        tally: Arc<Tally>,
+        stop: &CancellationToken,
+    ) -> Self {
         let started = Instant::now();
         let total = specs.len() as u64;
         let progress = bar(total, "ramp");
@@ -347,7 +352,13 @@ impl Publisher {
     }
 
     /// Open loop at `rate` for `duration`, channels round-robin.
-    async fn run(&self, channels: &[String], rate: u64, duration: Duration, stop: &CancellationToken) {
+    async fn run(
+        &self,
+        channels: &[String],
+        rate: u64,
+        duration: Duration,
+        stop: &CancellationToken,
+    ) {
         if channels.is_empty() || rate == 0 {
             return;
         }
@@ -499,7 +510,10 @@ impl RealtimeReport {
             ));
         }
         if !observed.disconnects.is_empty() {
-            rows.push(("server closes".into(), format!("{:?}", observed.disconnects)));
+            rows.push((
+                "server closes".into(),
+                format!("{:?}", observed.disconnects),
+            ));
         }
         if !observed.errors.is_empty() {
             rows.push(("join errors".into(), format!("{:?}", observed.errors)));
@@ -521,12 +535,24 @@ impl RealtimeReport {
     fn metrics(&self) -> Vec<(String, f64)> {
         let observed = &self.observed;
         let mut samples = vec![
-            ("loadtest_sessions_planned".into(), self.sessions_planned as f64),
-            ("loadtest_sessions_connected".into(), self.sessions_connected as f64),
+            (
+                "loadtest_sessions_planned".into(),
+                self.sessions_planned as f64,
+            ),
+            (
+                "loadtest_sessions_connected".into(),
+                self.sessions_connected as f64,
+            ),
             ("loadtest_joins_total".into(), observed.joins as f64),
-            ("loadtest_join_errors_total".into(), observed.connect_errors as f64),
+            (
+                "loadtest_join_errors_total".into(),
+                observed.connect_errors as f64,
+            ),
             ("loadtest_delivered_total".into(), observed.delivered as f64),
-            ("loadtest_duplicated_total".into(), observed.duplicated as f64),
+            (
+                "loadtest_duplicated_total".into(),
+                observed.duplicated as f64,
+            ),
             ("loadtest_lost_total".into(), self.lost.unwrap_or(0) as f64),
             ("loadtest_ramp_seconds".into(), self.ramp_seconds),
         ];
@@ -542,13 +568,19 @@ impl RealtimeReport {
             ));
         }
         if let Some(memory) = &self.memory {
-            samples.push(("loadtest_server_bytes_per_session".into(), memory.per_session_bytes as f64));
+            samples.push((
+                "loadtest_server_bytes_per_session".into(),
+                memory.per_session_bytes as f64,
+            ));
         }
         if let Some(seconds) = self.all_back_seconds {
             samples.push(("loadtest_all_back_seconds".into(), seconds));
         }
         if let Some(spread) = &self.time_to_last_delivery {
-            samples.push(("loadtest_time_to_last_delivery_p99_ms".into(), spread.p99_ms));
+            samples.push((
+                "loadtest_time_to_last_delivery_p99_ms".into(),
+                spread.p99_ms,
+            ));
         }
         samples
     }
@@ -606,7 +638,8 @@ pub async fn connections(args: ConnectionsArgs, stop: CancellationToken) -> anyh
         report.memory = Some(Memory {
             rss_before: before,
             rss_after: after,
-            per_session_bytes: after.saturating_sub(before) / report.sessions_connected.max(1) as u64,
+            per_session_bytes: after.saturating_sub(before)
+                / report.sessions_connected.max(1) as u64,
         });
     }
     closing().await;
@@ -686,7 +719,11 @@ pub async fn push(args: PushArgs, stop: CancellationToken) -> anyhow::Result<()>
     let shared: Vec<String> = (0..args.channels_per_session)
         .map(|n| format!("task:{}-t{n}", common.prefix))
         .collect();
-    let roles: &[&str] = if shared.is_empty() { &["user"] } else { &["operator"] };
+    let roles: &[&str] = if shared.is_empty() {
+        &["user"]
+    } else {
+        &["operator"]
+    };
     let specs = specs(common, &minter, roles, |_| shared.clone())?;
     let tally = Tally::new(false);
     tally.sample_every_second(stop.clone());
@@ -700,17 +737,37 @@ pub async fn push(args: PushArgs, stop: CancellationToken) -> anyhow::Result<()>
     let publisher = Publisher::new(&publish_target, &minter)?;
     let started = Instant::now();
     publisher
-        .run(&channels, args.rate, Duration::from_secs(args.duration), &stop)
+        .run(
+            &channels,
+            args.rate,
+            Duration::from_secs(args.duration),
+            &stop,
+        )
         .await;
     let sessions = common.sessions as u64;
-    let published = publisher.published(|channel| if channel.starts_with("task:") { sessions } else { 1 });
-    settle(&tally, published.expected_deliveries, Duration::from_secs(10)).await;
+    let published = publisher.published(|channel| {
+        if channel.starts_with("task:") {
+            sessions
+        } else {
+            1
+        }
+    });
+    settle(
+        &tally,
+        published.expected_deliveries,
+        Duration::from_secs(10),
+    )
+    .await;
     report.run_seconds = started.elapsed().as_secs_f64();
     report.sessions_connected = connected;
     fleet.close().await;
     tally.sample();
     report.observed = tally.summary();
-    report.lost = Some(published.expected_deliveries.saturating_sub(report.observed.delivered));
+    report.lost = Some(
+        published
+            .expected_deliveries
+            .saturating_sub(report.observed.delivered),
+    );
     report.published = Some(published);
     report.finish(common).await
 }
@@ -749,7 +806,12 @@ pub async fn fanout(args: FanoutArgs, stop: CancellationToken) -> anyhow::Result
     while tasks.join_next().await.is_some() {}
     progress.finish();
     let published = publisher.published(|_| connected.max(0) as u64);
-    settle(&tally, published.expected_deliveries, Duration::from_secs(10)).await;
+    settle(
+        &tally,
+        published.expected_deliveries,
+        Duration::from_secs(10),
+    )
+    .await;
     report.run_seconds = started.elapsed().as_secs_f64();
     report.sessions_connected = connected;
     fleet.close().await;
@@ -763,7 +825,11 @@ pub async fn fanout(args: FanoutArgs, stop: CancellationToken) -> anyhow::Result
     report.time_to_last_delivery = Some(Latency::of(&spread));
     tally.sample();
     report.observed = tally.summary();
-    report.lost = Some(published.expected_deliveries.saturating_sub(report.observed.delivered));
+    report.lost = Some(
+        published
+            .expected_deliveries
+            .saturating_sub(report.observed.delivered),
+    );
     report.published = Some(published);
     report.finish(common).await
 }
@@ -810,13 +876,22 @@ pub async fn reconnect_storm(args: StormArgs, stop: CancellationToken) -> anyhow
     report.all_back_seconds = back;
     let _ = publishing.await;
     let published = publisher.published(|_| 1);
-    settle(&tally, published.expected_deliveries, Duration::from_secs(10)).await;
+    settle(
+        &tally,
+        published.expected_deliveries,
+        Duration::from_secs(10),
+    )
+    .await;
     report.run_seconds = started.elapsed().as_secs_f64();
     report.sessions_connected = tally.live();
     fleet.close().await;
     tally.sample();
     report.observed = tally.summary();
-    report.lost = Some(published.expected_deliveries.saturating_sub(report.observed.delivered));
+    report.lost = Some(
+        published
+            .expected_deliveries
+            .saturating_sub(report.observed.delivered),
+    );
     report.published = Some(published);
     report.finish(common).await
 }

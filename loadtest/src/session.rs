@@ -138,7 +138,12 @@ async fn join(
         for line in frame.split('\n').filter(|line| !line.is_empty()) {
             let reply: Reply = serde_json::from_str(line)?;
             if let Some(error) = &reply.error {
-                anyhow::bail!("command {} refused: {} {}", reply.id, error.code, error.message);
+                anyhow::bail!(
+                    "command {} refused: {} {}",
+                    reply.id,
+                    error.code,
+                    error.message
+                );
             }
             pending.remove(&reply.id);
             if let Some(connect) = reply.connect {
@@ -157,7 +162,10 @@ async fn join(
                 for publication in &subscribe.publications {
                     tally.publication(&channel, &publication.data, seen, true);
                 }
-                positions.insert(channel, (subscribe.offset.max(last(&subscribe)), subscribe.epoch));
+                positions.insert(
+                    channel,
+                    (subscribe.offset.max(last(&subscribe)), subscribe.epoch),
+                );
             } else if let Some(push) = reply.push
                 && let Some(publication) = push.publication
             {

@@ -20,7 +20,12 @@ const BATCH: usize = 64;
     responses((status = 101, description = "Switching to the WebSocket protocol")))]
 pub async fn websocket(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
     let limit = state.settings.realtime.max_frame_bytes;
+    // Per-connection buffers dominate a session's memory: tungstenite reserves 128 KiB to read
+    // into and 128 KiB to write from by default. Frames are small and the writer already joins
+    // queued frames into one, so a small read buffer and eager writes are enough.
     upgrade
+        .read_buffer_size(state.settings.realtime.ws_read_buffer_bytes)
+        .write_buffer_size(0)
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| serve(state, socket))
