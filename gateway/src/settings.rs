@@ -99,7 +99,7 @@ impl Default for RealtimeSettings {
             expiry_grace_ms: 25_000,
             outbound_queue: 1_024,
             max_frame_bytes: 64 * 1024,
-            ws_read_buffer_bytes: 4 * 1024,
+            ws_read_buffer_bytes: 1024,
             max_connections: 19_000,
             history_size: 100,
             history_ttl_secs: 300,

@@ -112,7 +112,7 @@ pub enum BrokerError {
 struct Member {
     subscriber: Subscriber,
     /// While joining: live publications held back until the reply is out.
-    joining: Option<Vec<Delivery>>,
+    joining: Option<Vec<Arc<Delivery>>>,
 }
 
 #[derive(Debug)]
@@ -144,7 +144,7 @@ impl Default for ChannelState {
 
 impl ChannelState {
     /// Hands `delivery` to every member: queued for the live, buffered for the joining.
-    fn fan_out(&mut self, delivery: &Delivery) -> u64 {
+    fn fan_out(&mut self, delivery: &Arc<Delivery>) -> u64 {
         let mut delivered = 0;
         self.members.retain(|_, member| {
             if let Some(buffer) = &mut member.joining {
@@ -279,11 +279,11 @@ impl Broker {
         state.last_activity = now;
         let data = Arc::new(data);
         let publication = state.stream.append(data.clone(), now, self.limits);
-        let delivery = Delivery {
+        let delivery = Arc::new(Delivery {
             frame: push_frame(&name, &publication),
             channel: name,
             publication: publication.clone(),
-        };
+        });
         let delivered = state.fan_out(&delivery);
         observe_latency(&data, delivered);
         Ok(Published {
@@ -473,11 +473,11 @@ impl Broker {
             offset,
             data: data.clone(),
         };
-        let delivery = Delivery {
+        let delivery = Arc::new(Delivery {
             frame: push_frame(&name, &publication),
             channel: name,
             publication,
-        };
+        });
         let delivered = state.fan_out(&delivery);
         observe_latency(&data, delivered);
     }

@@ -6,8 +6,9 @@ use std::sync::Arc;
 /// An item for the transport to write.
 #[derive(Debug, Clone)]
 pub enum Outbound {
-    /// A publication push (its frame is shared with every other subscriber).
-    Push(Delivery),
+    /// A publication push (shared with every other subscriber; behind an `Arc` so a queue slot
+    /// stays small).
+    Push(Arc<Delivery>),
     /// A reply or server push made by the session.
     Frame(Arc<str>),
     /// Close the connection with a disconnect code and reason.

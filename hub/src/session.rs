@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -133,14 +133,9 @@ pub enum SessionMsg {
     Frame(String),
     /// The transport closed (client left or write failed).
     TransportClosed,
-    /// Time to ping.
-    Ping,
-    /// Deadline of ping number `n`.
-    PongDeadline(u64),
-    /// The token of generation `n` expires now.
-    Expire(u64),
-    /// Deadline for `connect`.
-    ConnectDeadline,
+    /// The session's one timer, of generation `n`: whatever is due (connect deadline, ping, pong
+    /// deadline, token expiry) is done, and the timer is set again for the next thing.
+    Tick(u64),
     /// Close with this code (server shutdown: 3001).
     Disconnect(u16, String),
 }
@@ -156,8 +151,15 @@ pub struct SessionState {
     /// The ping awaiting its pong, if any.
     awaiting_pong: Option<u64>,
     pings: u64,
-    /// Bumped on each refresh, so an old expiry timer is ignored.
-    token_generation: u64,
+    /// When the next ping is due (`None` before `connect`).
+    next_ping: Option<Instant>,
+    /// When the unanswered ping's pong is due.
+    pong_deadline: Option<Instant>,
+    /// When the `connect` must have come.
+    connect_deadline: Instant,
+    /// Bumped each time the timer is set, so a superseded one is ignored. One timer per session
+    /// (not one per ping, pong and token) keeps an idle session small.
+    tick_generation: u64,
     closed: bool,
 }
 
@@ -180,9 +182,13 @@ fn error_reply(id: u32, code: u32, message: &str) -> Outbound {
 }
 
 fn now_unix() -> i64 {
+    now_unix_ms() / 1000
+}
+
+fn now_unix_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs() as i64)
+        .map(|elapsed| elapsed.as_millis() as i64)
         .unwrap_or(0)
 }
 
@@ -287,18 +293,71 @@ impl SessionState {
         }
     }
 
-    fn schedule_expiry(&mut self, myself: &ActorRef<SessionMsg>) -> (bool, u32) {
+    /// The token's `expires`/`ttl` for a connect or refresh reply. The timer (armed by the
+    /// caller) closes the session with 3005 past the expiry and its grace.
+    fn token_ttl(&self) -> (bool, u32) {
         let Some(identity) = &self.identity else {
             return (false, 0);
         };
         let ttl = (identity.expires_at - now_unix()).max(0) as u64;
-        self.token_generation += 1;
-        let generation = self.token_generation;
-        let grace = self.args.config.expiry_grace;
-        myself.send_after(Duration::from_secs(ttl) + grace, move || {
-            SessionMsg::Expire(generation)
-        });
         (true, u32::try_from(ttl).unwrap_or(u32::MAX))
+    }
+
+    /// How long until the token stops being acceptable (expiry plus grace); zero once it has.
+    fn expiry_in(&self) -> Option<Duration> {
+        let identity = self.identity.as_ref()?;
+        let grace = i64::try_from(self.args.config.expiry_grace.as_millis()).unwrap_or(i64::MAX);
+        let left = identity
+            .expires_at
+            .saturating_mul(1000)
+            .saturating_add(grace)
+            .saturating_sub(now_unix_ms());
+        Some(Duration::from_millis(left.max(0) as u64))
+    }
+
+    /// Sets the session's one timer for the earliest thing due.
+    fn arm(&mut self, myself: &ActorRef<SessionMsg>) {
+        let due = if self.identity.is_none() {
+            Some(self.connect_deadline)
+        } else {
+            let expiry = self.expiry_in().map(|left| Instant::now() + left);
+            [self.next_ping, self.pong_deadline, expiry]
+                .into_iter()
+                .flatten()
+                .min()
+        };
+        let Some(due) = due else { return };
+        self.tick_generation += 1;
+        let generation = self.tick_generation;
+        let wait = due.saturating_duration_since(Instant::now());
+        myself.send_after(wait, move || SessionMsg::Tick(generation));
+    }
+
+    /// The timer fired: closes for a missed deadline, or pings, then re-arms.
+    fn tick(&mut self, myself: &ActorRef<SessionMsg>) {
+        let now = Instant::now();
+        if self.identity.is_none() {
+            if now >= self.connect_deadline {
+                return self.close(myself, 3502, "stale");
+            }
+        } else {
+            if self.pong_deadline.is_some_and(|deadline| now >= deadline) {
+                return self.close(myself, disconnect::NO_PONG, "no pong");
+            }
+            if self.expiry_in() == Some(Duration::ZERO) {
+                return self.close(myself, disconnect::EXPIRED, "token expired");
+            }
+            if self.next_ping.is_some_and(|at| now >= at) {
+                if self.awaiting_pong.is_none() {
+                    self.pings += 1;
+                    self.awaiting_pong = Some(self.pings);
+                    self.pong_deadline = Some(now + self.args.config.pong_timeout);
+                    self.send(frame(json!({})));
+                }
+                self.next_ping = Some(now + self.args.config.ping_interval);
+            }
+        }
+        self.arm(myself);
     }
 
     async fn connect(&mut self, myself: &ActorRef<SessionMsg>, id: u32, request: ConnectRequest) {
@@ -314,7 +373,7 @@ impl SessionState {
         let personal =
             (identity.roles != [Role::Service]).then(|| Channel::user(&identity.user_id).name());
         self.identity = Some(identity);
-        let (expires, ttl) = self.schedule_expiry(myself);
+        let (expires, ttl) = self.token_ttl();
         let mut subs = BTreeMap::new();
         if let Some(channel) = personal {
             match self.join(&channel, request.subs.get(&channel)).await {
@@ -343,8 +402,8 @@ impl SessionState {
         // First ping at a random point between half and the whole interval, so sessions that
         // connected together do not ping together.
         let half = config.ping_interval / 2;
-        let first = half + half.mul_f64(rand::random::<f64>());
-        myself.send_after(first, || SessionMsg::Ping);
+        self.next_ping = Some(Instant::now() + half + half.mul_f64(rand::random::<f64>()));
+        self.arm(myself);
     }
 
     async fn subscribe(&mut self, id: u32, request: SubscribeRequest) {
@@ -399,7 +458,8 @@ impl SessionState {
         match self.args.authority.authenticate(token) {
             Ok(identity) if Some(&identity.user_id) == current.as_ref() => {
                 self.identity = Some(identity);
-                let (expires, ttl) = self.schedule_expiry(myself);
+                let (expires, ttl) = self.token_ttl();
+                self.arm(myself);
                 let result = json!({ "client": format!("{}-{}", self.args.node, self.args.id), "version": VERSION, "expires": expires, "ttl": ttl });
                 self.send(frame(json!({ "id": id, "refresh": result })));
             }
@@ -421,6 +481,7 @@ impl SessionState {
                 if self.awaiting_pong.take().is_none() {
                     self.close(myself, disconnect::BAD_REQUEST, "unexpected pong");
                 }
+                self.pong_deadline = None;
                 return;
             }
             (Some("send"), _) => return,
@@ -482,18 +543,22 @@ impl Actor for SessionActor {
         myself: ActorRef<SessionMsg>,
         args: SessionArgs,
     ) -> Result<SessionState, ActorProcessingErr> {
-        myself.send_after(args.config.connect_timeout, || SessionMsg::ConnectDeadline);
         metrics::gauge!("hub_sessions").increment(1.0);
-        Ok(SessionState {
+        let mut state = SessionState {
+            connect_deadline: Instant::now() + args.config.connect_timeout,
             args,
             identity: None,
             subscriptions: HashSet::new(),
             joining: Vec::new(),
             awaiting_pong: None,
             pings: 0,
-            token_generation: 0,
+            next_ping: None,
+            pong_deadline: None,
+            tick_generation: 0,
             closed: false,
-        })
+        };
+        state.arm(&myself);
+        Ok(state)
     }
 
     async fn post_stop(
@@ -523,7 +588,9 @@ impl Actor for SessionActor {
                     .filter(|line| !line.is_empty())
                 {
                     match serde_json::from_str::<Command>(line) {
-                        Ok(command) => state.command(&myself, command).await,
+                        // Boxed: the command's future (broker, Redis, permission lookups) is
+                        // large, and inline it would sit in every idle session's task.
+                        Ok(command) => Box::pin(state.command(&myself, command)).await,
                         Err(_) => {
                             state.close(&myself, disconnect::BAD_REQUEST, "malformed command")
                         }
@@ -537,31 +604,9 @@ impl Actor for SessionActor {
                 state.closed = true;
                 myself.stop(Some("transport closed".into()));
             }
-            SessionMsg::Ping => {
-                if state.awaiting_pong.is_none() {
-                    state.pings += 1;
-                    state.awaiting_pong = Some(state.pings);
-                    state.send(frame(json!({})));
-                    let ping = state.pings;
-                    myself.send_after(state.args.config.pong_timeout, move || {
-                        SessionMsg::PongDeadline(ping)
-                    });
-                }
-                myself.send_after(state.args.config.ping_interval, || SessionMsg::Ping);
-            }
-            SessionMsg::PongDeadline(ping) => {
-                if state.awaiting_pong == Some(ping) {
-                    state.close(&myself, disconnect::NO_PONG, "no pong");
-                }
-            }
-            SessionMsg::Expire(generation) => {
-                if generation == state.token_generation {
-                    state.close(&myself, disconnect::EXPIRED, "token expired");
-                }
-            }
-            SessionMsg::ConnectDeadline => {
-                if state.identity.is_none() {
-                    state.close(&myself, 3502, "stale");
+            SessionMsg::Tick(generation) => {
+                if generation == state.tick_generation {
+                    state.tick(&myself);
                 }
             }
             SessionMsg::Disconnect(code, reason) => state.close(&myself, code, &reason),

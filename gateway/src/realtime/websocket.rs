@@ -7,7 +7,6 @@ use crate::state::AppState;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
-use futures_util::{SinkExt, StreamExt};
 use hub::outbound::Outbound;
 use hub::session::SessionMsg;
 use shared::protocol::disconnect;
@@ -56,7 +55,7 @@ async fn serve(state: AppState, mut socket: WebSocket) {
         actor: session,
         mut queue,
         overflow,
-    } = match super::open_session(&state).await {
+    } = match Box::pin(super::open_session(&state)).await {
         Ok(opened) => opened,
         Err(error) => {
             tracing::error!(%error, "cannot start a session actor");
@@ -67,80 +66,90 @@ async fn serve(state: AppState, mut socket: WebSocket) {
             return;
         }
     };
-    let (mut sink, mut stream) = socket.split();
-    let writer_overflow = overflow.clone();
-    let writer = tokio::spawn(async move {
-        loop {
-            let first = tokio::select! {
-                item = queue.recv() => item,
-                () = writer_overflow.cancelled() => {
-                    metrics::counter!("hub_disconnects_total", "code" => "3008").increment(1);
-                    let _ = sink.send(close(disconnect::SLOW, "slow")).await;
-                    return;
-                }
-            };
-            let Some(first) = first else { return };
-            let mut batch = String::new();
-            let mut closing = None;
-            let mut next = Some(first);
-            let mut taken = 0;
-            while let Some(item) = next.take() {
-                match item {
-                    Outbound::Close { code, reason } => {
-                        closing = Some((code, reason));
-                        break;
-                    }
-                    item => {
-                        if let Some(text) = item.text() {
-                            if !batch.is_empty() {
-                                batch.push('\n');
-                            }
-                            batch.push_str(text);
-                        }
-                    }
-                }
-                taken += 1;
-                if taken < BATCH {
-                    next = queue.try_recv().ok();
-                }
+    // One task per connection moves frames both ways: reading stops while a batch is written,
+    // which is the backpressure wanted, and a second task per session would cost memory.
+    loop {
+        tokio::select! {
+            biased;
+            () = overflow.cancelled() => {
+                metrics::counter!("hub_disconnects_total", "code" => "3008").increment(1);
+                let _ = socket.send(close(disconnect::SLOW, "slow")).await;
+                break;
             }
-            if !batch.is_empty() && sink.send(Message::Text(batch.into())).await.is_err() {
-                return;
-            }
-            if let Some((code, reason)) = closing {
-                let _ = sink.send(close(code, &reason)).await;
-                return;
-            }
-        }
-    });
-    while let Some(message) = stream.next().await {
-        match message {
-            Ok(Message::Text(text)) => {
-                if session.cast(SessionMsg::Frame(text.to_string())).is_err() {
+            item = queue.recv() => {
+                let Some(first) = item else { break };
+                let (batch, closing) = take_batch(first, &mut queue);
+                if !batch.is_empty() && socket.send(Message::Text(batch.into())).await.is_err() {
+                    break;
+                }
+                if let Some((code, reason)) = closing {
+                    let _ = socket.send(close(code, &reason)).await;
                     break;
                 }
             }
-            Ok(Message::Binary(_)) => {
-                let _ = session.cast(SessionMsg::Disconnect(
-                    disconnect::INAPPROPRIATE_PROTOCOL,
-                    "binary frames are not JSON".into(),
-                ));
-            }
-            Ok(Message::Close(_)) => break,
-            Ok(Message::Ping(_) | Message::Pong(_)) => {}
-            Err(error) => {
-                tracing::debug!(%error, "websocket read failed");
-                let _ = session.cast(SessionMsg::Disconnect(
-                    disconnect::INAPPROPRIATE_PROTOCOL,
-                    "frame too large or malformed".into(),
-                ));
-                break;
-            }
+            message = socket.recv() => match message {
+                Some(Ok(Message::Text(text))) => {
+                    if session.cast(SessionMsg::Frame(text.to_string())).is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    let _ = session.cast(SessionMsg::Disconnect(
+                        disconnect::INAPPROPRIATE_PROTOCOL,
+                        "binary frames are not JSON".into(),
+                    ));
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Err(error)) => {
+                    tracing::debug!(%error, "websocket read failed");
+                    // The session answers with 3506, which the queue branch writes.
+                    let _ = session.cast(SessionMsg::Disconnect(
+                        disconnect::INAPPROPRIATE_PROTOCOL,
+                        "frame too large or malformed".into(),
+                    ));
+                    let flushed = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+                        while let Some(item) = queue.recv().await {
+                            if let Outbound::Close { code, reason } = item {
+                                let _ = socket.send(close(code, &reason)).await;
+                                break;
+                            }
+                        }
+                    });
+                    let _ = flushed.await;
+                    break;
+                }
+            },
         }
     }
     let _ = session.cast(SessionMsg::TransportClosed);
-    // Let the writer flush a pending close; it ends when the session drops its queue sender.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
     realtime.release();
     metrics::gauge!("hub_connections", "transport" => "websocket").decrement(1.0);
+}
+
+/// Joins `first` and whatever else is queued (up to [`BATCH`]) into one text (newline-separated
+/// frames, as the protocol allows); stops at a close, which it returns.
+fn take_batch(
+    first: Outbound,
+    queue: &mut tokio::sync::mpsc::Receiver<Outbound>,
+) -> (String, Option<(u16, String)>) {
+    let mut batch = String::new();
+    let mut next = Some(first);
+    let mut taken = 0;
+    while let Some(item) = next.take() {
+        if let Outbound::Close { code, reason } = item {
+            return (batch, Some((code, reason)));
+        }
+        if let Some(text) = item.text() {
+            if !batch.is_empty() {
+                batch.push('\n');
+            }
+            batch.push_str(text);
+        }
+        taken += 1;
+        if taken < BATCH {
+            next = queue.try_recv().ok();
+        }
+    }
+    (batch, None)
 }
