@@ -52,6 +52,9 @@ pub struct ChargeArgs {
     /// Write the JSON report here.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// Push the results to this Prometheus Pushgateway (`http://host:9091`).
+    #[arg(long, value_name = "URL")]
+    pushgateway: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -390,7 +393,35 @@ pub async fn run(args: ChargeArgs, stop: CancellationToken) -> anyhow::Result<()
     if let Some(path) = &args.report {
         report::write_json(path, &report)?;
     }
+    if let Some(url) = &args.pushgateway {
+        crate::pushgateway::push(url, "charge", &metrics(&report)).await?;
+    }
     Ok(())
+}
+
+/// The report as Prometheus samples.
+fn metrics(report: &ChargeReport) -> Vec<(String, f64)> {
+    let mut samples = Vec::new();
+    if let Some(open) = &report.open_loop {
+        samples.push(("loadtest_charge_sent_total".to_owned(), open.sent as f64));
+        for (outcome, count) in &open.outcomes {
+            samples.push((
+                format!("loadtest_charge_outcomes_total{{outcome=\"{outcome}\"}}"),
+                *count as f64,
+            ));
+        }
+        samples.extend(open.latency.samples("loadtest_charge_latency_ms"));
+    }
+    for hot in &report.hot {
+        samples.push((
+            format!("loadtest_hot_charges_per_second{{node=\"{}\"}}", hot.label),
+            hot.charges_per_second,
+        ));
+    }
+    if let Some(ratio) = report.batched_over_naive {
+        samples.push(("loadtest_hot_batched_over_naive".to_owned(), ratio));
+    }
+    samples
 }
 
 fn print(report: &ChargeReport) {

@@ -556,17 +556,7 @@ impl RealtimeReport {
             ("loadtest_lost_total".into(), self.lost.unwrap_or(0) as f64),
             ("loadtest_ramp_seconds".into(), self.ramp_seconds),
         ];
-        for (quantile, value) in [
-            ("0.5", observed.latency.p50_ms),
-            ("0.95", observed.latency.p95_ms),
-            ("0.99", observed.latency.p99_ms),
-            ("1", observed.latency.max_ms),
-        ] {
-            samples.push((
-                format!("loadtest_delivery_latency_ms{{quantile=\"{quantile}\"}}"),
-                value,
-            ));
-        }
+        samples.extend(observed.latency.samples("loadtest_delivery_latency_ms"));
         if let Some(memory) = &self.memory {
             samples.push((
                 "loadtest_server_bytes_per_session".into(),
@@ -861,7 +851,10 @@ pub async fn reconnect_storm(args: StormArgs, stop: CancellationToken) -> anyhow
             (publisher.clone(), channels.clone(), stop.clone(), args.rate);
         tokio::spawn(async move { publisher.run(&channels, rate, total, &stop).await })
     };
-    tokio::time::sleep(Duration::from_secs(args.before)).await;
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = tokio::time::sleep(Duration::from_secs(args.before)) => {}
+    }
     let joins_before = tally.joins();
     let storm_at = Instant::now();
     fleet.storm.send_modify(|generation| *generation += 1);

@@ -35,6 +35,19 @@ pub struct Latency {
 }
 
 impl Latency {
+    /// The percentiles as Prometheus samples `{name}{quantile="…"}` (for the Pushgateway).
+    pub fn samples(&self, name: &str) -> Vec<(String, f64)> {
+        [
+            ("0.5", self.p50_ms),
+            ("0.95", self.p95_ms),
+            ("0.99", self.p99_ms),
+            ("1", self.max_ms),
+        ]
+        .into_iter()
+        .map(|(quantile, value)| (format!("{name}{{quantile=\"{quantile}\"}}"), value))
+        .collect()
+    }
+
     /// Summarizes `histogram`.
     pub fn of(histogram: &Histogram<u64>) -> Self {
         let ms = |micros: u64| micros as f64 / 1000.0;

@@ -26,6 +26,10 @@ impl Drop for Node {
 }
 
 async fn node(db: &PgPool, id: &str) -> Node {
+    node_with(db, id, |_| {}).await
+}
+
+async fn node_with(db: &PgPool, id: &str, configure: impl FnOnce(&mut Settings)) -> Node {
     gateway::http_metrics::install().expect("metrics recorder");
     let name: String = sqlx::query_scalar("select current_database()::text || '-' || oid::text from pg_database where datname = current_database()")
         .fetch_one(db)
@@ -45,6 +49,8 @@ async fn node(db: &PgPool, id: &str) -> Node {
         node_id: id.into(),
         ..Settings::default()
     };
+    let mut settings = settings;
+    configure(&mut settings);
     let state = AppState::with_pool(settings, pool).await.expect("state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -311,5 +317,68 @@ async fn a_reconnect_storm_brings_every_session_back_without_loss_and_pushes_its
     assert!(
         line.contains("scenario=\"reconnect-storm\"") && line.ends_with(" 0"),
         "{line}"
+    );
+}
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn charge_applies_every_open_loop_charge_and_compares_the_batched_and_naive_nodes(
+    db: PgPool,
+) {
+    let batched = node(&db, "batched").await;
+    let naive = node_with(&db, "naive", |settings| settings.ledger.max_batch = 1).await;
+
+    let report = run(
+        &[
+            "charge",
+            "--target",
+            &batched.url,
+            "--naive-target",
+            &naive.url,
+            "--rate",
+            "50",
+            "--duration",
+            "2",
+            "--accounts",
+            "20",
+            "--fund",
+            "1000",
+            "--hot-duration",
+            "1",
+            "--hot-concurrency",
+            "4",
+        ],
+        &scratch("charge.json"),
+    )
+    .await;
+
+    assert_eq!(number(&report, "/open_loop/planned"), 100);
+    assert_eq!(number(&report, "/open_loop/sent"), 100);
+    assert_eq!(number(&report, "/open_loop/outcomes/201"), 100, "{report}");
+    assert_eq!(number(&report, "/open_loop/latency/count"), 100);
+    let hot = report["hot"].as_array().expect("hot phases");
+    assert_eq!(hot.len(), 2);
+    for phase in hot {
+        assert_eq!(
+            number(phase, "/charges_applied"),
+            number(phase, "/outcomes/201"),
+            "every applied charge was answered 201: {phase}"
+        );
+        assert!(number(phase, "/charges_applied") > 0);
+    }
+    assert!(report["batched_over_naive"].as_f64().is_some());
+    let applied: i64 = sqlx::query_scalar(
+        "select count(*) from credit_ledger where kind = 'charge' and reason = 'loadtest'",
+    )
+    .fetch_one(&db)
+    .await
+    .expect("ledger");
+    let hot_total: u64 = hot
+        .iter()
+        .map(|phase| number(phase, "/charges_applied"))
+        .sum();
+    assert_eq!(
+        applied as u64,
+        100 + hot_total,
+        "the ledger agrees with the report"
     );
 }
