@@ -179,7 +179,7 @@ impl ChannelState {
         for (_, member) in self.members.drain() {
             let close = Outbound::Close {
                 code: disconnect::INSUFFICIENT_STATE,
-                reason: reason.to_owned(),
+                reason: reason.into(),
             };
             if member.subscriber.sender.try_send(close).is_err() {
                 member.subscriber.overflow.cancel();

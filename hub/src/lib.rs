@@ -8,5 +8,6 @@ pub mod outbound;
 pub mod redis_link;
 pub mod session;
 pub mod task;
+pub mod timer;
 
 pub use channel::{Channel, ChannelError};

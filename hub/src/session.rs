@@ -105,6 +105,8 @@ pub struct SessionArgs {
     pub overflow: CancellationToken,
     /// Timing and limits.
     pub config: SessionConfig,
+    /// The node's timer service (the session's one timer lives there).
+    pub timers: crate::timer::Timers,
 }
 
 impl std::fmt::Debug for SessionArgs {
@@ -209,7 +211,7 @@ impl SessionState {
             metrics::counter!("hub_disconnects_total", "code" => code.to_string()).increment(1);
             self.send(Outbound::Close {
                 code,
-                reason: reason.to_owned(),
+                reason: reason.into(),
             });
             self.closed = true;
         }
@@ -329,8 +331,7 @@ impl SessionState {
         let Some(due) = due else { return };
         self.tick_generation += 1;
         let generation = self.tick_generation;
-        let wait = due.saturating_duration_since(Instant::now());
-        myself.send_after(wait, move || SessionMsg::Tick(generation));
+        self.args.timers.arm(due, myself.clone(), generation);
     }
 
     /// The timer fired: closes for a missed deadline, or pings, then re-arms.
@@ -471,6 +472,23 @@ impl SessionState {
         }
     }
 
+    /// Handles a text frame: one command per line; stops at the first that closes the session.
+    async fn frames(&mut self, myself: &ActorRef<SessionMsg>, text: String) {
+        for line in text
+            .split('\n')
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+        {
+            match serde_json::from_str::<Command>(line) {
+                Ok(command) => self.command(myself, command).await,
+                Err(_) => self.close(myself, disconnect::BAD_REQUEST, "malformed command"),
+            }
+            if self.closed {
+                break;
+            }
+        }
+    }
+
     /// Handles one command line; stops at the first one that closes the session.
     async fn command(&mut self, myself: &ActorRef<SessionMsg>, command: Command) {
         let kind = command.kind();
@@ -581,25 +599,9 @@ impl Actor for SessionActor {
             return Ok(());
         }
         match message {
-            SessionMsg::Frame(text) => {
-                for line in text
-                    .split('\n')
-                    .map(str::trim)
-                    .filter(|line| !line.is_empty())
-                {
-                    match serde_json::from_str::<Command>(line) {
-                        // Boxed: the command's future (broker, Redis, permission lookups) is
-                        // large, and inline it would sit in every idle session's task.
-                        Ok(command) => Box::pin(state.command(&myself, command)).await,
-                        Err(_) => {
-                            state.close(&myself, disconnect::BAD_REQUEST, "malformed command")
-                        }
-                    }
-                    if state.closed {
-                        break;
-                    }
-                }
-            }
+            // Boxed: a frame's handling (parsing, the command's future) is large, and inline it
+            // would sit in every idle session's task.
+            SessionMsg::Frame(text) => Box::pin(state.frames(&myself, text)).await,
             SessionMsg::TransportClosed => {
                 state.closed = true;
                 myself.stop(Some("transport closed".into()));

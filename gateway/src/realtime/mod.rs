@@ -25,6 +25,8 @@ pub struct Realtime {
     pub supervisor: ActorRef<()>,
     /// Session timing and limits.
     pub session: SessionConfig,
+    /// The sessions' timers.
+    pub timers: hub::timer::Timers,
     next_session: Arc<AtomicU64>,
     /// Invariant: open WebSocket connections of this node.
     connections: Arc<AtomicUsize>,
@@ -47,6 +49,7 @@ impl Realtime {
             broker,
             supervisor,
             session: settings.session(),
+            timers: hub::timer::Timers::start(),
             next_session: Arc::new(AtomicU64::new(1)),
             connections: Arc::new(AtomicUsize::new(0)),
         })
@@ -122,6 +125,7 @@ pub async fn open_session(state: &AppState) -> Result<OpenSession, ractor::Spawn
         outbound,
         overflow: overflow.clone(),
         config: realtime.session,
+        timers: realtime.timers.clone(),
     };
     match Actor::spawn_linked(None, SessionActor, args, realtime.supervisor.get_cell()).await {
         Ok((actor, _)) => Ok(OpenSession {

@@ -27,7 +27,12 @@ pub async fn websocket(State(state): State<AppState>, upgrade: WebSocketUpgrade)
         .write_buffer_size(0)
         .max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| serve(state, socket))
+        // Behind an `Arc`: the state is held by the connection's task for its whole life, and
+        // inline it would cost every session its size, twice (the callback and the task).
+        .on_upgrade({
+            let state = std::sync::Arc::new(state);
+            move |socket| serve(state, socket)
+        })
 }
 
 fn close(code: u16, reason: &str) -> Message {
@@ -37,7 +42,7 @@ fn close(code: u16, reason: &str) -> Message {
     }))
 }
 
-async fn serve(state: AppState, mut socket: WebSocket) {
+async fn serve(state: std::sync::Arc<AppState>, mut socket: WebSocket) {
     let realtime = state.realtime.clone();
     if !realtime.admit(state.settings.realtime.max_connections) {
         tracing::warn!(
@@ -132,7 +137,7 @@ async fn serve(state: AppState, mut socket: WebSocket) {
 fn take_batch(
     first: Outbound,
     queue: &mut tokio::sync::mpsc::Receiver<Outbound>,
-) -> (String, Option<(u16, String)>) {
+) -> (String, Option<(u16, Box<str>)>) {
     let mut batch = String::new();
     let mut next = Some(first);
     let mut taken = 0;
