@@ -1,17 +1,25 @@
-//! Idempotency keys in PostgreSQL: claim a key (a lease while in flight), complete it with the
-//! full response in the same transaction as the act, replay it, release it after a transient
-//! failure, purge expired ones.
+//! Idempotency keys in PostgreSQL: claim a key (a lease while in flight, with an owner token),
+//! complete it with the full response in the same transaction as the act, replay it, release it
+//! after a transient failure, purge expired ones.
+//!
+//! The rule that makes a key commit exactly once, whatever the timing: the transaction carrying
+//! the act first locks the key where its own token still owns it and it is still in flight
+//! ([`lock_claims`]); a claim that was released or taken over (its lease ran out) is not found,
+//! and the act is not applied. The lock holds until commit, so no takeover slips in between.
 
-use crate::DomainResult;
+use crate::{DomainError, DomainResult};
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool, Row};
 use std::time::Duration;
+use uuid::Uuid;
 
-/// Identifies a key: scoped to (caller `sub`, route).
+/// Identifies a key: scoped to (caller `sub`, the account its token acts as, route).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KeyRef {
     /// The caller's `sub`.
     pub caller_id: String,
+    /// The account the caller's token acts as (empty when it names none).
+    pub account_id: String,
     /// The route, e.g. `POST /api/v1/credits/charge`.
     pub route: String,
     /// The `Idempotency-Key` header.
@@ -27,11 +35,20 @@ pub struct StoredResponse {
     pub body: Vec<u8>,
 }
 
+/// A key this request owns: the key and the token of its claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    /// The key.
+    pub key: KeyRef,
+    /// The owner token written with the claim; only its holder may complete or release the key.
+    pub token: Uuid,
+}
+
 /// What claiming a key found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     /// The caller owns the key now: go ahead, then complete or release it.
-    Acquired,
+    Acquired(Claimed),
     /// The key was completed before with the same body: send this.
     Replay(StoredResponse),
     /// The first request with this key is still being processed.
@@ -101,27 +118,30 @@ fn write_canonical(value: &serde_json::Value, hasher: &mut Sha256) {
 }
 
 /// Claims `key` for a request whose body has `fingerprint`. A key nobody holds, an expired key,
-/// or an abandoned claim (lease over) with the same body is acquired; otherwise the stored state
-/// decides.
+/// or an abandoned claim (lease over) with the same body is acquired with a fresh owner token;
+/// otherwise the stored state decides.
 pub async fn claim(
     pool: &PgPool,
     key: &KeyRef,
     fingerprint: &[u8; 32],
     policy: KeyPolicy,
 ) -> DomainResult<Claim> {
+    let token = Uuid::new_v4();
     // The claim commits asynchronously (no WAL flush of its own): WAL is written in order, so
     // the synchronous commit that later stores the answer (with the ledger rows) flushes the
     // claim first; a claim lost in a crash had nothing committed after it, and the retry simply
     // claims again. This halves the fsyncs per charge.
     let acquired = sqlx::query(
         "insert into idempotency_keys \
-           (caller_id, route, key, fingerprint, status, expires_at, lease_expires_at) \
-         select $1, $2, $3, $4, 'in_flight', now() + $5, now() + $6 \
+           (caller_id, account_id, route, key, fingerprint, status, expires_at, \
+            lease_expires_at, owner_token) \
+         select $1, $2, $3, $4, $5, 'in_flight', now() + $6, now() + $7, $8 \
            from (select set_config('synchronous_commit', 'off', true)) as async_commit \
-         on conflict (caller_id, route, key) do update \
+         on conflict (caller_id, account_id, route, key) do update \
            set fingerprint = excluded.fingerprint, status = 'in_flight', response_status = null, \
                response_body = null, completed_at = null, created_at = now(), \
-               expires_at = excluded.expires_at, lease_expires_at = excluded.lease_expires_at \
+               expires_at = excluded.expires_at, lease_expires_at = excluded.lease_expires_at, \
+               owner_token = excluded.owner_token \
          where idempotency_keys.expires_at < now() \
             or (idempotency_keys.status = 'in_flight' \
                 and idempotency_keys.lease_expires_at < now() \
@@ -129,27 +149,33 @@ pub async fn claim(
          returning 1",
     )
     .bind(&key.caller_id)
+    .bind(&key.account_id)
     .bind(&key.route)
     .bind(&key.key)
     .bind(&fingerprint[..])
     .bind(policy.ttl)
     .bind(policy.lease)
+    .bind(token)
     .fetch_optional(pool)
     .await?;
     if acquired.is_some() {
-        return Ok(Claim::Acquired);
+        return Ok(Claim::Acquired(Claimed {
+            key: key.clone(),
+            token,
+        }));
     }
     let Some(row) = sqlx::query(
         "select fingerprint, status, response_status, response_body from idempotency_keys \
-         where caller_id = $1 and route = $2 and key = $3",
+         where caller_id = $1 and account_id = $2 and route = $3 and key = $4",
     )
     .bind(&key.caller_id)
+    .bind(&key.account_id)
     .bind(&key.route)
     .bind(&key.key)
     .fetch_optional(pool)
     .await?
     else {
-        // Purged between the two statements: try once more from scratch.
+        // Released or purged between the two statements: try once more from scratch.
         return Box::pin(claim(pool, key, fingerprint, policy)).await;
     };
     if row.get::<Vec<u8>, _>("fingerprint") != fingerprint[..] {
@@ -164,26 +190,63 @@ pub async fn claim(
     }
 }
 
-/// Completes claimed keys with their responses, on the connection of the act's transaction.
+/// In the act's transaction, before anything is written: locks each claim that its token still
+/// owns and that is still in flight, and says which ones. An act whose claim is not held must
+/// not be applied (its key was released or taken over). The row locks last until the
+/// transaction ends, so the answer is whether the claim is still owned at commit.
+pub async fn lock_claims(conn: &mut PgConnection, claims: &[&Claimed]) -> DomainResult<Vec<bool>> {
+    if claims.is_empty() {
+        return Ok(Vec::new());
+    }
+    let column = |f: fn(&Claimed) -> &str| claims.iter().map(|c| f(c)).collect::<Vec<&str>>();
+    let tokens: Vec<Uuid> = claims.iter().map(|claim| claim.token).collect();
+    let held: Vec<Uuid> = sqlx::query_scalar(
+        "select k.owner_token from idempotency_keys k \
+           join unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::uuid[]) \
+                as u(caller_id, account_id, route, key, token) \
+             on k.caller_id = u.caller_id and k.account_id = u.account_id \
+            and k.route = u.route and k.key = u.key and k.owner_token = u.token \
+          where k.status = 'in_flight' \
+          order by k.caller_id, k.account_id, k.route, k.key \
+            for update of k",
+    )
+    .bind(column(|c| &c.key.caller_id))
+    .bind(column(|c| &c.key.account_id))
+    .bind(column(|c| &c.key.route))
+    .bind(column(|c| &c.key.key))
+    .bind(&tokens)
+    .fetch_all(conn)
+    .await?;
+    Ok(tokens.iter().map(|token| held.contains(token)).collect())
+}
+
+/// The claim was lost before the act could commit: released after its caller went away, or
+/// taken over by a retry once its lease ran out. Nothing of the act was written.
+pub fn claim_lost() -> DomainError {
+    DomainError::Conflict(
+        "this request's claim on its Idempotency-Key ended before it could be applied (the \
+         request timed out or was abandoned); nothing was written: retry with the same key"
+            .into(),
+    )
+}
+
+/// Completes claimed keys with their responses, on the connection of the act's transaction, where
+/// each claim's token still owns its key and it is still in flight. Fails with [`claim_lost`]
+/// when any claim is no longer held: the caller must roll the transaction back.
 pub async fn complete_many(
     conn: &mut PgConnection,
-    completions: &[(&KeyRef, &StoredResponse)],
+    completions: &[(&Claimed, &StoredResponse)],
 ) -> DomainResult<()> {
     if completions.is_empty() {
         return Ok(());
     }
-    let callers: Vec<&str> = completions
-        .iter()
-        .map(|(key, _)| key.caller_id.as_str())
-        .collect();
-    let routes: Vec<&str> = completions
-        .iter()
-        .map(|(key, _)| key.route.as_str())
-        .collect();
-    let keys: Vec<&str> = completions
-        .iter()
-        .map(|(key, _)| key.key.as_str())
-        .collect();
+    let column = |f: fn(&Claimed) -> &str| {
+        completions
+            .iter()
+            .map(|(claim, _)| f(claim))
+            .collect::<Vec<&str>>()
+    };
+    let tokens: Vec<Uuid> = completions.iter().map(|(claim, _)| claim.token).collect();
     let statuses: Vec<i16> = completions
         .iter()
         .map(|(_, response)| response.status as i16)
@@ -192,40 +255,57 @@ pub async fn complete_many(
         .iter()
         .map(|(_, response)| response.body.as_slice())
         .collect();
-    sqlx::query(
+    let done = sqlx::query(
         "update idempotency_keys k \
             set status = 'completed', response_status = u.status, response_body = u.body, \
                 completed_at = now() \
-           from unnest($1::text[], $2::text[], $3::text[], $4::int2[], $5::bytea[]) \
-                as u(caller_id, route, key, status, body) \
-          where k.caller_id = u.caller_id and k.route = u.route and k.key = u.key",
+           from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::int2[], \
+                       $7::bytea[]) as u(caller_id, account_id, route, key, token, status, body) \
+          where k.caller_id = u.caller_id and k.account_id = u.account_id \
+            and k.route = u.route and k.key = u.key \
+            and k.owner_token = u.token and k.status = 'in_flight'",
     )
-    .bind(&callers)
-    .bind(&routes)
-    .bind(&keys)
+    .bind(column(|c| &c.key.caller_id))
+    .bind(column(|c| &c.key.account_id))
+    .bind(column(|c| &c.key.route))
+    .bind(column(|c| &c.key.key))
+    .bind(&tokens)
     .bind(&statuses)
     .bind(&bodies)
     .execute(conn)
     .await?;
+    if done.rows_affected() != completions.len() as u64 {
+        return Err(claim_lost());
+    }
     Ok(())
 }
 
 /// Completes one key in its own transaction (for answers that touch nothing else: validation
 /// failures, permission refusals).
-pub async fn complete(pool: &PgPool, key: &KeyRef, response: &StoredResponse) -> DomainResult<()> {
+pub async fn complete(
+    pool: &PgPool,
+    claim: &Claimed,
+    response: &StoredResponse,
+) -> DomainResult<()> {
     let mut conn = pool.acquire().await?;
-    complete_many(&mut conn, &[(key, response)]).await
+    complete_many(&mut conn, &[(claim, response)]).await
 }
 
-/// Gives a claim up after a transient failure, so a retry can run; a completed key is kept.
-pub async fn release(pool: &PgPool, key: &KeyRef) -> DomainResult<()> {
+/// Gives a claim up after a transient failure or an abandoned request, so a retry can run. Only
+/// the claim's own token releases it, and a completed key is kept. Safe while the act may still
+/// be running: an act that has not locked its claim yet finds it gone and is not applied; one
+/// that has makes this wait for its commit, after which the key is completed and stays.
+pub async fn release(pool: &PgPool, claim: &Claimed) -> DomainResult<()> {
     sqlx::query(
         "delete from idempotency_keys \
-         where caller_id = $1 and route = $2 and key = $3 and status = 'in_flight'",
+         where caller_id = $1 and account_id = $2 and route = $3 and key = $4 \
+           and owner_token = $5 and status = 'in_flight'",
     )
-    .bind(&key.caller_id)
-    .bind(&key.route)
-    .bind(&key.key)
+    .bind(&claim.key.caller_id)
+    .bind(&claim.key.account_id)
+    .bind(&claim.key.route)
+    .bind(&claim.key.key)
+    .bind(claim.token)
     .execute(pool)
     .await?;
     Ok(())

@@ -87,7 +87,7 @@ pub async fn estimate(
     .await?
     .unwrap_or(0);
     let history = history(pool, task_type, at, rule.window_seconds).await?;
-    Ok(price(&rule, discount_bp, history, units, at))
+    price(&rule, discount_bp, history, units, at)
 }
 
 async fn history(
@@ -100,13 +100,15 @@ async fn history(
         "select count(*) as samples, \
                 percentile_disc(0.5) within group (order by milli) as median, \
                 percentile_disc(0.9) within group (order by milli) as p90 \
-           from (select actual_cost * 1000 / actual_units as milli from tasks \
+           from (select least(floor(actual_cost::numeric * 1000 / actual_units), $4)::int8 \
+                        as milli from tasks \
                   where task_type = $1 and status = 'succeeded' and actual_units > 0 \
                     and finished_at <= $2 and finished_at > $2 - make_interval(secs => $3)) recent",
     )
     .bind(task_type)
     .bind(at)
     .bind(window_seconds)
+    .bind(i64::MAX / 4)
     .fetch_one(pool)
     .await?;
     Ok(History {
@@ -122,7 +124,7 @@ fn price(
     history: History,
     units: i64,
     at: DateTime<Utc>,
-) -> Estimate {
+) -> DomainResult<Estimate> {
     let units_i = i128::from(units);
     let rule_milli = i128::from(rule.per_unit) * MILLI * (BP - i128::from(discount_bp)) / BP;
     let use_history = history.samples >= MIN_SAMPLES;
@@ -139,21 +141,37 @@ fn price(
     } else {
         BP
     };
-    let total = |per_unit_milli: i128| -> i64 {
-        let units_credits = ceil_div(per_unit_milli * units_i, MILLI);
-        let credits = ceil_div((i128::from(rule.base) + units_credits) * multiplier, BP);
-        i64::try_from(credits).unwrap_or(i64::MAX)
+    // Every figure is checked against the largest amount instead of saturating: an estimate the
+    // ledger could not hold is refused, never rounded to a wrong number.
+    let too_large = || {
+        DomainError::Validation(format!(
+            "the estimate exceeds the largest amount, {}: order fewer units",
+            shared::limits::MAX_AMOUNT
+        ))
     };
-    let estimated = total(blended_milli);
+    let credits = |value: i128| -> DomainResult<i64> {
+        i64::try_from(value)
+            .ok()
+            .filter(|value| *value <= shared::limits::MAX_AMOUNT)
+            .ok_or_else(too_large)
+    };
+    let total = |per_unit_milli: i128| -> DomainResult<i64> {
+        let units_credits = ceil_div(per_unit_milli * units_i, MILLI);
+        credits(ceil_div(
+            (i128::from(rule.base) + units_credits) * multiplier,
+            BP,
+        ))
+    };
+    let estimated = total(blended_milli)?;
     let (low, high) = if use_history {
         (
-            total(rule_milli.min(median)),
-            total(rule_milli.max(i128::from(history.p90_milli))),
+            total(rule_milli.min(median))?,
+            total(rule_milli.max(i128::from(history.p90_milli)))?,
         )
     } else {
         (estimated, estimated)
     };
-    let units_credits = i64::try_from(ceil_div(blended_milli * units_i, MILLI)).unwrap_or(i64::MAX);
+    let units_credits = credits(ceil_div(blended_milli * units_i, MILLI))?;
     let mut breakdown = vec![
         EstimateLine {
             component: "base".into(),
@@ -195,7 +213,7 @@ fn price(
     if peak {
         breakdown.push(EstimateLine {
             component: "peak".into(),
-            credits: estimated - total(blended_milli * BP / multiplier.max(1)).min(estimated),
+            credits: estimated - total(blended_milli * BP / multiplier.max(1))?.min(estimated),
             detail: format!(
                 "peak hours {:02}:00-{:02}:00 UTC: x{}",
                 rule.peak_start,
@@ -204,14 +222,14 @@ fn price(
             ),
         });
     }
-    Estimate {
+    Ok(Estimate {
         estimated_credits: estimated,
         low,
         high,
         breakdown,
         pricing_rule_id: rule.id.clone(),
         samples: if use_history { history.samples } else { 0 },
-    }
+    })
 }
 
 fn milli_text(milli: i128) -> String {
@@ -250,7 +268,7 @@ mod tests {
 
     #[test]
     fn without_history_the_rule_alone_prices_the_task() {
-        let estimate = price(&rule(), 0, NO_HISTORY, 100, noon());
+        let estimate = price(&rule(), 0, NO_HISTORY, 100, noon()).expect("priced");
         assert_eq!(
             (
                 estimate.estimated_credits,
@@ -270,7 +288,7 @@ mod tests {
             median_milli: 6_000,
             p90_milli: 8_000,
         };
-        let estimate = price(&rule(), 0, history, 100, noon());
+        let estimate = price(&rule(), 0, history, 100, noon()).expect("priced");
         assert_eq!(estimate.estimated_credits, 10 + 500);
         assert_eq!(estimate.low, 10 + 400);
         assert_eq!(estimate.high, 10 + 800);
@@ -285,7 +303,9 @@ mod tests {
             p90_milli: 99_000,
         };
         assert_eq!(
-            price(&rule(), 0, history, 100, noon()).estimated_credits,
+            price(&rule(), 0, history, 100, noon())
+                .expect("priced")
+                .estimated_credits,
             410
         );
     }
@@ -297,12 +317,32 @@ mod tests {
             .single()
             .expect("valid time");
         assert_eq!(
-            price(&rule(), 0, NO_HISTORY, 100, evening).estimated_credits,
+            price(&rule(), 0, NO_HISTORY, 100, evening)
+                .expect("priced")
+                .estimated_credits,
             615
         );
         assert_eq!(
-            price(&rule(), 2_500, NO_HISTORY, 100, noon()).estimated_credits,
+            price(&rule(), 2_500, NO_HISTORY, 100, noon())
+                .expect("priced")
+                .estimated_credits,
             310
+        );
+    }
+
+    #[test]
+    fn an_estimate_beyond_the_largest_amount_is_refused_not_saturated() {
+        let mut rule = rule();
+        rule.per_unit = shared::limits::MAX_PRICE;
+        rule.peak_multiplier_bp = 100_000;
+        let evening = Utc
+            .with_ymd_and_hms(2026, 11, 24, 19, 0, 0)
+            .single()
+            .expect("valid time");
+        let result = price(&rule, 0, NO_HISTORY, shared::limits::MAX_UNITS, evening);
+        assert!(
+            matches!(result, Err(DomainError::Validation(_))),
+            "{result:?}"
         );
     }
 

@@ -8,13 +8,15 @@
 //! without its hold being captured or released, and is never created without its hold.
 
 use crate::audit::Actor;
-use crate::ledger::{Ledger, LedgerRequest, Operation};
+use crate::idempotency::{self, Claimed, StoredResponse};
+use crate::ledger::{Completion, Ledger, LedgerRequest, Operation};
 use crate::{DomainError, DomainResult};
 use chrono::{DateTime, Utc};
 use shared::session::Balance;
 use shared::tasks::{Task, TaskEvent, TaskEventKind, TaskEventRequest, TaskStatus};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// Largest serialized `params` or event `data`.
@@ -113,8 +115,11 @@ impl EventInput {
             if request.state != Some(TaskStatus::Succeeded) {
                 return invalid("`actual_units` is only reported with `state: succeeded`");
             }
-            if units < 0 {
-                return invalid("`actual_units` must not be negative");
+            if !(0..=shared::limits::MAX_ACTUAL_UNITS).contains(&units) {
+                return Err(DomainError::Validation(format!(
+                    "`actual_units` must be between 0 and {}",
+                    shared::limits::MAX_ACTUAL_UNITS
+                )));
             }
         }
         check_message(request.message.as_deref())?;
@@ -180,16 +185,26 @@ pub fn check_json(value: Option<&serde_json::Value>, field: &str) -> DomainResul
 }
 
 /// The credits a succeeded task costs: the estimate scaled by the units actually used, rounded up.
-pub fn actual_cost(estimated_credits: i64, units: i64, actual_units: i64) -> i64 {
+/// A cost beyond [`shared::limits::MAX_AMOUNT`] is refused (never saturated): the event is
+/// rejected and the task stays as it was.
+pub fn actual_cost(estimated_credits: i64, units: i64, actual_units: i64) -> DomainResult<i64> {
     if units <= 0 {
-        return estimated_credits;
+        return Ok(estimated_credits);
     }
     let (numerator, units) = (
         i128::from(estimated_credits) * i128::from(actual_units),
         i128::from(units),
     );
     let cost = (numerator + units - 1) / units;
-    i64::try_from(cost).unwrap_or(i64::MAX)
+    i64::try_from(cost)
+        .ok()
+        .filter(|cost| *cost <= shared::limits::MAX_AMOUNT)
+        .ok_or_else(|| {
+            DomainError::Validation(format!(
+                "`actual_units` {actual_units} would cost more than the largest amount, {}",
+                shared::limits::MAX_AMOUNT
+            ))
+        })
 }
 
 /// Who writes an event, for `task_state_history` and `task_audit_logs`.
@@ -233,6 +248,49 @@ pub struct EventOutcome {
     pub change: TaskChange,
     /// The account after settlement (terminal events of tasks with a hold).
     pub balance: Option<Balance>,
+    /// The answer stored with the event's idempotency key, in the event's own transaction.
+    pub stored: Option<StoredResponse>,
+}
+
+/// Renders an applied event as the response stored with its idempotency key (supplied by the
+/// gateway, which owns the wire shape and the error mapping).
+pub type RenderEvent =
+    Arc<dyn Fn(Result<&TaskChange, &DomainError>) -> StoredResponse + Send + Sync>;
+
+/// The idempotency claim an event completes in its own transaction, and how to render it.
+#[derive(Clone)]
+pub struct EventCompletion {
+    /// The claim; the event is applied only while it still owns its key.
+    pub claim: Claimed,
+    /// Renders the stored answer.
+    pub render: RenderEvent,
+}
+
+impl std::fmt::Debug for EventCompletion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventCompletion")
+            .field("claim", &self.claim)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventCompletion {
+    /// The same claim as a ledger completion (a terminal event settles in the ledger's batch).
+    fn for_ledger(self) -> Completion {
+        let render = self.render;
+        Completion {
+            claim: self.claim,
+            render: Arc::new(move |result| match result {
+                Ok(applied) => match &applied.task {
+                    Some(change) => render(Ok(change)),
+                    None => render(Err(&DomainError::Conflict(
+                        "the ledger settled a task without writing its event".into(),
+                    ))),
+                },
+                Err(error) => render(Err(error)),
+            }),
+        }
+    }
 }
 
 fn status(row: &PgRow, column: &str) -> Result<TaskStatus, sqlx::Error> {
@@ -420,6 +478,7 @@ pub async fn apply_event(
     record: &TaskRecord,
     input: EventInput,
     writer: &Writer,
+    completion: Option<EventCompletion>,
 ) -> DomainResult<EventOutcome> {
     let task_id = record.id();
     if let (Some(target), Some(hold_id)) = (input.terminal(), record.hold_id) {
@@ -427,7 +486,7 @@ pub async fn apply_event(
             let units = input.actual_units.unwrap_or(record.task.units);
             Operation::Capture {
                 hold_id,
-                actual: actual_cost(record.task.estimated_credits, record.task.units, units),
+                actual: actual_cost(record.task.estimated_credits, record.task.units, units)?,
             }
         } else {
             Operation::Release { hold_id }
@@ -437,7 +496,7 @@ pub async fn apply_event(
                 account_id: record.task.account_id.clone(),
                 operation,
                 actor: writer.actor.clone(),
-                completion: None,
+                completion: completion.map(EventCompletion::for_ledger),
                 task: Some(TaskWrite::Event {
                     task_id,
                     input,
@@ -454,6 +513,7 @@ pub async fn apply_event(
         return Ok(EventOutcome {
             change,
             balance: Some(applied.balance),
+            stored: outcome.stored,
         });
     }
     let mut tx = pool.begin().await?;
@@ -466,10 +526,20 @@ pub async fn apply_event(
         None,
     )
     .await??;
+    let stored = match &completion {
+        Some(completion) => {
+            let stored = (completion.render)(Ok(&change));
+            // Fails (and rolls the event back) when the claim ended meanwhile.
+            idempotency::complete_many(&mut tx, &[(&completion.claim, &stored)]).await?;
+            Some(stored)
+        }
+        None => None,
+    };
     tx.commit().await?;
     Ok(EventOutcome {
         change,
         balance: None,
+        stored,
     })
 }
 

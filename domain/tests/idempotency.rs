@@ -1,7 +1,9 @@
-//! Idempotency keys in real PostgreSQL: claims, leases, completion, release, purge.
+//! Idempotency keys in real PostgreSQL: claims with owner tokens, leases, completion only by the
+//! owning claim, release, purge.
 
 use domain::idempotency::{
-    Claim, KeyPolicy, KeyRef, StoredResponse, claim, complete, fingerprint, purge_expired, release,
+    Claim, Claimed, KeyPolicy, KeyRef, StoredResponse, claim, complete, complete_many,
+    fingerprint, lock_claims, purge_expired, release,
 };
 use sqlx::PgPool;
 use std::time::Duration;
@@ -9,6 +11,7 @@ use std::time::Duration;
 fn key(name: &str) -> KeyRef {
     KeyRef {
         caller_id: "alice".into(),
+        account_id: "alice".into(),
         route: "POST /api/v1/credits/charge".into(),
         key: name.into(),
     }
@@ -19,14 +22,26 @@ const POLICY: KeyPolicy = KeyPolicy {
     lease: Duration::from_secs(30),
 };
 
+async fn acquire(pool: &PgPool, key: &KeyRef, body: &[u8; 32], policy: KeyPolicy) -> Claimed {
+    match claim(pool, key, body, policy).await.expect("claim") {
+        Claim::Acquired(claimed) => claimed,
+        other => panic!("expected to acquire {key:?}, got {other:?}"),
+    }
+}
+
+fn answer(status: u16) -> StoredResponse {
+    StoredResponse {
+        status,
+        body: format!("{{\"status\":{status}}}").into_bytes(),
+    }
+}
+
 #[sqlx::test(migrator = "domain::db::MIGRATOR")]
 async fn a_key_is_acquired_then_in_flight_then_replayed(pool: PgPool) {
     let body = fingerprint(br#"{"amount":5}"#);
 
-    assert_eq!(
-        claim(&pool, &key("k"), &body, POLICY).await.expect("claim"),
-        Claim::Acquired
-    );
+    let claimed = acquire(&pool, &key("k"), &body, POLICY).await;
+    assert_eq!(claimed.key, key("k"));
     assert_eq!(
         claim(&pool, &key("k"), &body, POLICY).await.expect("claim"),
         Claim::InFlight
@@ -39,15 +54,13 @@ async fn a_key_is_acquired_then_in_flight_then_replayed(pool: PgPool) {
         Claim::Reused
     );
 
-    let stored = StoredResponse {
-        status: 201,
-        body: b"{\"entry_id\":1}".to_vec(),
-    };
-    complete(&pool, &key("k"), &stored).await.expect("complete");
+    complete(&pool, &claimed, &answer(201))
+        .await
+        .expect("complete");
 
     assert_eq!(
         claim(&pool, &key("k"), &body, POLICY).await.expect("claim"),
-        Claim::Replay(stored)
+        Claim::Replay(answer(201))
     );
     assert_eq!(
         claim(&pool, &key("k"), &other, POLICY)
@@ -58,10 +71,14 @@ async fn a_key_is_acquired_then_in_flight_then_replayed(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "domain::db::MIGRATOR")]
-async fn keys_are_scoped_to_the_caller_and_route(pool: PgPool) {
+async fn keys_are_scoped_to_the_caller_its_account_and_the_route(pool: PgPool) {
     let body = fingerprint(b"{}");
     let bob = KeyRef {
         caller_id: "bob".into(),
+        ..key("k")
+    };
+    let other_account = KeyRef {
+        account_id: "alice-studio".into(),
         ..key("k")
     };
     let refund = KeyRef {
@@ -69,11 +86,10 @@ async fn keys_are_scoped_to_the_caller_and_route(pool: PgPool) {
         ..key("k")
     };
 
-    for scoped in [key("k"), bob, refund] {
-        assert_eq!(
-            claim(&pool, &scoped, &body, POLICY).await.expect("claim"),
-            Claim::Acquired
-        );
+    let first = acquire(&pool, &key("k"), &body, POLICY).await;
+    complete(&pool, &first, &answer(201)).await.expect("complete");
+    for scoped in [bob, other_account, refund] {
+        acquire(&pool, &scoped, &body, POLICY).await;
     }
 }
 
@@ -86,10 +102,7 @@ async fn an_abandoned_claim_is_taken_over_after_its_lease_but_only_with_the_same
         ..POLICY
     };
     let body = fingerprint(br#"{"amount":5}"#);
-    assert_eq!(
-        claim(&pool, &key("k"), &body, short).await.expect("claim"),
-        Claim::Acquired
-    );
+    let first = acquire(&pool, &key("k"), &body, short).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
 
     let other = fingerprint(br#"{"amount":6}"#);
@@ -99,10 +112,8 @@ async fn an_abandoned_claim_is_taken_over_after_its_lease_but_only_with_the_same
             .expect("claim"),
         Claim::Reused
     );
-    assert_eq!(
-        claim(&pool, &key("k"), &body, POLICY).await.expect("claim"),
-        Claim::Acquired
-    );
+    let second = acquire(&pool, &key("k"), &body, POLICY).await;
+    assert_ne!(first.token, second.token);
     assert_eq!(
         claim(&pool, &key("k"), &body, POLICY).await.expect("claim"),
         Claim::InFlight
@@ -110,36 +121,86 @@ async fn an_abandoned_claim_is_taken_over_after_its_lease_but_only_with_the_same
 }
 
 #[sqlx::test(migrator = "domain::db::MIGRATOR")]
-async fn a_released_key_can_be_claimed_again_but_a_completed_one_is_kept(pool: PgPool) {
-    let body = fingerprint(b"{}");
-    claim(&pool, &key("a"), &body, POLICY).await.expect("claim");
-    release(&pool, &key("a")).await.expect("release");
+async fn a_claim_taken_over_can_neither_complete_nor_release_the_key(pool: PgPool) {
+    let short = KeyPolicy {
+        lease: Duration::from_millis(1),
+        ..POLICY
+    };
+    let body = fingerprint(br#"{"amount":5}"#);
+    let stale = acquire(&pool, &key("k"), &body, short).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let current = acquire(&pool, &key("k"), &body, POLICY).await;
+
+    let mut tx = pool.begin().await.expect("begin");
     assert_eq!(
-        claim(&pool, &key("a"), &body, POLICY).await.expect("claim"),
-        Claim::Acquired
+        lock_claims(&mut tx, &[&stale, &current])
+            .await
+            .expect("lock"),
+        vec![false, true]
+    );
+    drop(tx);
+    assert!(
+        complete(&pool, &stale, &answer(201)).await.is_err(),
+        "the stale claim must not complete the key"
+    );
+    release(&pool, &stale).await.expect("release");
+    assert_eq!(
+        claim(&pool, &key("k"), &body, POLICY).await.expect("claim"),
+        Claim::InFlight,
+        "the stale claim's release must leave the current claim alone"
     );
 
-    let stored = StoredResponse {
-        status: 402,
-        body: b"{}".to_vec(),
-    };
-    complete(&pool, &key("a"), &stored).await.expect("complete");
-    release(&pool, &key("a")).await.expect("release is a no-op");
+    complete(&pool, &current, &answer(201))
+        .await
+        .expect("complete");
+    assert_eq!(
+        claim(&pool, &key("k"), &body, POLICY).await.expect("claim"),
+        Claim::Replay(answer(201))
+    );
+}
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn completing_a_batch_with_one_lost_claim_fails_and_writes_nothing(pool: PgPool) {
+    let body = fingerprint(b"{}");
+    let kept = acquire(&pool, &key("kept"), &body, POLICY).await;
+    let lost = acquire(&pool, &key("lost"), &body, POLICY).await;
+    release(&pool, &lost).await.expect("release");
+
+    let mut tx = pool.begin().await.expect("begin");
+    let done = complete_many(&mut tx, &[(&kept, &answer(201)), (&lost, &answer(201))]).await;
+    assert!(done.is_err(), "a lost claim must fail the completion");
+    drop(tx);
+    assert_eq!(
+        claim(&pool, &key("kept"), &body, POLICY)
+            .await
+            .expect("claim"),
+        Claim::InFlight,
+        "the rolled-back completion left the kept key in flight"
+    );
+}
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn a_released_key_can_be_claimed_again_but_a_completed_one_is_kept(pool: PgPool) {
+    let body = fingerprint(b"{}");
+    let first = acquire(&pool, &key("a"), &body, POLICY).await;
+    release(&pool, &first).await.expect("release");
+    let second = acquire(&pool, &key("a"), &body, POLICY).await;
+
+    complete(&pool, &second, &answer(402))
+        .await
+        .expect("complete");
+    release(&pool, &second).await.expect("release is a no-op");
     assert_eq!(
         claim(&pool, &key("a"), &body, POLICY).await.expect("claim"),
-        Claim::Replay(stored)
+        Claim::Replay(answer(402))
     );
 }
 
 #[sqlx::test(migrator = "domain::db::MIGRATOR")]
 async fn expired_keys_are_purged_and_their_names_reusable(pool: PgPool) {
     let body = fingerprint(b"{}");
-    claim(&pool, &key("old"), &body, POLICY)
-        .await
-        .expect("claim");
-    claim(&pool, &key("fresh"), &body, POLICY)
-        .await
-        .expect("claim");
+    acquire(&pool, &key("old"), &body, POLICY).await;
+    acquire(&pool, &key("fresh"), &body, POLICY).await;
     sqlx::query("update idempotency_keys set created_at = now() - interval '3 days', expires_at = now() - interval '2 days' where key = 'old'")
         .execute(&pool)
         .await
@@ -152,10 +213,5 @@ async fn expired_keys_are_purged_and_their_names_reusable(pool: PgPool) {
         .await
         .expect("keys");
     assert_eq!(left, vec!["fresh".to_owned()]);
-    assert_eq!(
-        claim(&pool, &key("old"), &fingerprint(b"[1]"), POLICY)
-            .await
-            .expect("claim"),
-        Claim::Acquired
-    );
+    acquire(&pool, &key("old"), &fingerprint(b"[1]"), POLICY).await;
 }

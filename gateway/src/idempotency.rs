@@ -1,7 +1,14 @@
-//! The HTTP side of idempotency (api.md §Idempotency): the `Idempotency-Key` header, claiming the
-//! key before the work, replaying a stored response byte for byte with `Idempotent-Replayed:
-//! true`, storing failures that changed nothing so a retry gets the same answer, and releasing
-//! the key after a transient failure so a retry can run.
+//! The HTTP side of idempotency (api.md §Idempotency), in one type every keyed route goes
+//! through: [`Guard`]. It reads the `Idempotency-Key` header, claims the key (with an owner token)
+//! before the work, replays a stored response byte for byte with `Idempotent-Replayed: true`,
+//! stores failures that changed nothing so a retry gets the same answer, and releases the claim
+//! after a transient failure, or when the request is abandoned (a timeout drops the handler), so
+//! a retry can run.
+//!
+//! Exactly one commit per key: the work's own transaction completes the key only while this
+//! request's claim still owns it (see `domain::idempotency`); the guard hands that claim to the
+//! transaction ([`Guard::run_tx`]), to the account's ledger actor ([`Guard::completion`]) or to
+//! the task's actor ([`Guard::task_completion`]).
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -9,33 +16,280 @@ use crate::state::AppState;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use domain::idempotency::{self, Claim, KeyRef, StoredResponse};
+use domain::DomainError;
+use domain::idempotency::{self, Claim, Claimed, KeyRef, StoredResponse};
 use shared::problem::PROBLEM_JSON;
 use shared::{ErrorCode, Problem};
+use std::sync::Arc;
 
 /// The request header.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// The response header marking a replay.
 pub const REPLAYED: &str = "idempotent-replayed";
 
+/// Whether a route demands a key or merely accepts one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRule {
+    /// 400 `idempotency_key_required` without one (money routes).
+    Required,
+    /// Without one the request simply runs once.
+    Optional,
+}
+
+/// A transaction owned by a unit of work (handed in and back, so the work's future needs no
+/// borrow).
+pub type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+
+/// The idempotency guard of one request: holds its claim from [`Guard::begin`] until the answer
+/// is committed with the key ([`Guard::committed`]), stored as a refusal ([`Guard::refuse`]) or
+/// given up ([`Guard::abandon`]). Dropped unfinished (the request timed out or its client left),
+/// it releases the claim, which is safe while the work may still run: work that has not locked
+/// its claim yet then does not apply, work that has commits first.
+#[derive(Debug)]
+pub struct Guard {
+    state: AppState,
+    /// The key this request owns; `None` when an optional key was not sent.
+    claim: Option<Claimed>,
+    request_id: String,
+    /// Invariant: true once the claim was completed or released on purpose.
+    finished: bool,
+}
+
+impl Guard {
+    /// Reads and claims the request's key. `Err` is the response to send at once: a replay of the
+    /// stored answer, 400 for a missing or malformed key, 409 in flight, 422 reused.
+    pub async fn begin(
+        state: &AppState,
+        caller: &Caller,
+        headers: &HeaderMap,
+        route: &str,
+        body: &[u8],
+        rule: KeyRule,
+    ) -> Result<Guard, Response> {
+        let request_id = caller.request_id.clone().unwrap_or_default();
+        let mut guard = Guard {
+            state: state.clone(),
+            claim: None,
+            request_id,
+            finished: false,
+        };
+        let Some(key) =
+            key_from(headers, caller, route, rule).map_err(IntoResponse::into_response)?
+        else {
+            return Ok(guard);
+        };
+        let fingerprint = idempotency::fingerprint(body);
+        let claim = idempotency::claim(
+            &state.db,
+            &key,
+            &fingerprint,
+            state.settings.idempotency.policy(),
+        )
+        .await
+        .map_err(|error| ApiError::from(error).into_response())?;
+        match claim {
+            Claim::Acquired(claimed) => {
+                guard.claim = Some(claimed);
+                Ok(guard)
+            }
+            Claim::Replay(stored) => Err(stored_response(stored, true)),
+            Claim::InFlight => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::IdempotencyKeyInFlight,
+                "a request with this Idempotency-Key is still being processed; retry shortly",
+            )
+            .into_response()),
+            Claim::Reused => Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::IdempotencyKeyReused,
+                "this Idempotency-Key was used with a different request body",
+            )
+            .into_response()),
+        }
+    }
+
+    /// The request id, for rendering stored problems.
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    /// The claim to complete in the ledger's transaction, with how to render the answer; `None`
+    /// when the request sent no key.
+    pub fn completion(&self, render: domain::ledger::Render) -> Option<domain::ledger::Completion> {
+        self.claim
+            .clone()
+            .map(|claim| domain::ledger::Completion { claim, render })
+    }
+
+    /// The claim to complete in a task event's transaction, rendering the event's answer.
+    pub fn task_completion(
+        &self,
+        render: domain::tasks::RenderEvent,
+    ) -> Option<domain::tasks::EventCompletion> {
+        self.claim
+            .clone()
+            .map(|claim| domain::tasks::EventCompletion { claim, render })
+    }
+
+    /// The work committed its answer with the key (or there was no key): send it.
+    pub fn committed(mut self, stored: StoredResponse) -> Response {
+        self.finished = true;
+        stored_response(stored, false)
+    }
+
+    /// The work refused the request before changing anything: a refusal that would come again
+    /// (4xx) is stored for replays; a transient one (5xx, 429) releases the key so a retry can run.
+    pub async fn refuse(mut self, error: ApiError) -> Response {
+        self.finished = true;
+        let Some(claim) = self.claim.take() else {
+            return error.into_response();
+        };
+        if transient(&error) {
+            release(&self.state, &claim).await;
+            return error.into_response();
+        }
+        let stored = render_problem(&error, &self.request_id);
+        match idempotency::complete(&self.state.db, &claim, &stored).await {
+            Ok(()) => stored_response(stored, false),
+            Err(store_error) => {
+                tracing::warn!(error = %store_error, "cannot store a refusal; releasing the key");
+                release(&self.state, &claim).await;
+                error.into_response()
+            }
+        }
+    }
+
+    /// The work failed without committing anything: release the key so a retry can run.
+    pub async fn abandon(mut self, error: ApiError) -> Response {
+        self.finished = true;
+        if let Some(claim) = self.claim.take() {
+            release(&self.state, &claim).await;
+        }
+        error.into_response()
+    }
+
+    /// Runs `work` in one transaction and stores its answer (success, or a 4xx refusal) with the
+    /// key in that same transaction; a 5xx or 429 rolls back and releases the key. Refusals commit
+    /// too, so what the work logged about them persists. Returns the response and, when the work
+    /// succeeded and committed, its value (for after-commit effects such as cache invalidation).
+    pub async fn run_tx<T, F, Fut>(self, success: StatusCode, work: F) -> (Response, Option<T>)
+    where
+        T: serde::Serialize,
+        F: FnOnce(Tx) -> Fut,
+        Fut: Future<Output = (Tx, Result<T, ApiError>)>,
+    {
+        let tx = match self.state.db.begin().await {
+            Ok(tx) => tx,
+            Err(error) => {
+                return (
+                    self.abandon(crate::error::database_error(error)).await,
+                    None,
+                );
+            }
+        };
+        let (mut tx, result) = work(tx).await;
+        let (stored, value) = match result {
+            Ok(value) => match serde_json::to_vec(&value) {
+                Ok(body) => (
+                    StoredResponse {
+                        status: success.as_u16(),
+                        body,
+                    },
+                    Some(value),
+                ),
+                Err(error) => return (self.abandon(ApiError::internal(error)).await, None),
+            },
+            Err(error) if transient(&error) => {
+                drop(tx);
+                return (self.abandon(error).await, None);
+            }
+            Err(error) => (render_problem(&error, &self.request_id), None),
+        };
+        if let Some(claim) = &self.claim
+            && let Err(error) = idempotency::complete_many(&mut tx, &[(claim, &stored)]).await
+        {
+            drop(tx);
+            return (self.abandon(ApiError::from(error)).await, None);
+        }
+        if let Err(error) = tx.commit().await {
+            return (
+                self.abandon(crate::error::database_error(error)).await,
+                None,
+            );
+        }
+        (self.committed(stored), value)
+    }
+
+    /// Sends `request` to the account's actor with this claim to complete in the ledger's
+    /// transaction, and answers with what was stored (or rendered, without a key).
+    pub async fn apply_ledger(
+        self,
+        mut request: domain::ledger::LedgerRequest,
+        render: domain::ledger::Render,
+    ) -> (Response, Option<domain::ledger::Applied>) {
+        request.completion = self.completion(render.clone());
+        let outcome = match self.state.ledger.apply(request).await {
+            Ok(outcome) => outcome,
+            // Never sent, or the actor died: a committed batch completed the key (releasing is
+            // then a no-op); an uncommitted one wrote nothing, so a retry may run.
+            Err(error) => return (self.abandon(ApiError::from(error)).await, None),
+        };
+        match (outcome.stored, outcome.result) {
+            (Some(stored), result) => (self.committed(stored), result.ok()),
+            // No key: the answer is rendered here.
+            (None, result) if self.claim.is_none() => {
+                let stored = render(result.as_ref());
+                (self.committed(stored), result.ok())
+            }
+            // Nothing was written (the batch failed, or the claim was lost): a retry may run.
+            (None, Err(error)) => (self.abandon(ApiError::from(error)).await, None),
+            (None, Ok(_)) => {
+                let error = anyhow::anyhow!("outcome without a stored response");
+                (self.abandon(ApiError::internal(error)).await, None)
+            }
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let Some(claim) = self.claim.take() else {
+            return;
+        };
+        // The handler was dropped mid-way (request timeout, client gone): give the key back so
+        // the retry does not wait for the lease. Safe whatever the work is doing (see the type).
+        let state = self.state.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { release(&state, &claim).await });
+        }
+    }
+}
+
+/// A refusal that may not come again: released, not stored.
+fn transient(error: &ApiError) -> bool {
+    error.status().is_server_error() || error.status() == StatusCode::TOO_MANY_REQUESTS
+}
+
 /// The key of this request, if it sent one; an error if it is malformed, or missing where
-/// `required`.
-pub fn key_from(
+/// required. Its scope is the caller, the account the caller's token acts as, and the route.
+fn key_from(
     headers: &HeaderMap,
     caller: &Caller,
     route: &str,
-    required: bool,
+    rule: KeyRule,
 ) -> Result<Option<KeyRef>, ApiError> {
     let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
-        return if required {
-            Err(ApiError::new(
+        return match rule {
+            KeyRule::Required => Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 ErrorCode::IdempotencyKeyRequired,
                 "this route needs an `Idempotency-Key` header (1-255 visible ASCII characters; a \
                  UUID is recommended)",
-            ))
-        } else {
-            Ok(None)
+            )),
+            KeyRule::Optional => Ok(None),
         };
     };
     let key = value
@@ -51,67 +305,14 @@ pub fn key_from(
         })?;
     Ok(Some(KeyRef {
         caller_id: caller.principal.user_id.clone(),
+        account_id: caller.principal.account_id.clone().unwrap_or_default(),
         route: route.to_owned(),
         key: key.to_owned(),
     }))
 }
 
-/// Claims `key` for `body`. `Ok(None)`: go ahead. `Ok(Some(response))`: answer with it (a
-/// replay). `Err`: 409 in flight or 422 reused.
-pub async fn claim(
-    state: &AppState,
-    key: &KeyRef,
-    body: &[u8],
-) -> Result<Option<Response>, ApiError> {
-    let fingerprint = idempotency::fingerprint(body);
-    match idempotency::claim(
-        &state.db,
-        key,
-        &fingerprint,
-        state.settings.idempotency.policy(),
-    )
-    .await?
-    {
-        Claim::Acquired => Ok(None),
-        Claim::Replay(stored) => Ok(Some(stored_response(stored, true))),
-        Claim::InFlight => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            ErrorCode::IdempotencyKeyInFlight,
-            "a request with this Idempotency-Key is still being processed; retry shortly",
-        )),
-        Claim::Reused => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::IdempotencyKeyReused,
-            "this Idempotency-Key was used with a different request body",
-        )),
-    }
-}
-
-/// Answers a claimed request that failed: a failure that changed nothing and would fail again
-/// (4xx) is stored for replays; a transient one (5xx, 429) releases the key so a retry can run.
-pub async fn fail(state: &AppState, key: &KeyRef, error: ApiError, request_id: &str) -> Response {
-    if error.status().is_server_error() || error.status() == StatusCode::TOO_MANY_REQUESTS {
-        if let Err(release) = idempotency::release(&state.db, key).await {
-            tracing::warn!(error = %release, "cannot release an idempotency key; its lease will expire");
-        }
-        return error.into_response();
-    }
-    let stored = render_problem(&error, request_id);
-    match idempotency::complete(&state.db, key, &stored).await {
-        Ok(()) => stored_response(stored, false),
-        Err(store_error) => {
-            tracing::warn!(error = %store_error, "cannot store a failed response; releasing the key");
-            if let Err(release) = idempotency::release(&state.db, key).await {
-                tracing::warn!(error = %release, "cannot release an idempotency key");
-            }
-            error.into_response()
-        }
-    }
-}
-
-/// Releases a key after an outcome that was not stored.
-pub async fn release(state: &AppState, key: &KeyRef) {
-    if let Err(error) = idempotency::release(&state.db, key).await {
+async fn release(state: &AppState, claim: &Claimed) {
+    if let Err(error) = idempotency::release(&state.db, claim).await {
         tracing::warn!(%error, "cannot release an idempotency key; its lease will expire");
     }
 }
@@ -128,6 +329,23 @@ pub fn render_problem(error: &ApiError, request_id: &str) -> StoredResponse {
         status: error.status().as_u16(),
         body: serde_json::to_vec(&problem).unwrap_or_default(),
     }
+}
+
+/// Renders an operation's result as the response stored with its key: `status` and `body` on
+/// success, the problem otherwise.
+pub fn render_with<T: 'static>(
+    request_id: &str,
+    status: StatusCode,
+    body: fn(&T) -> Vec<u8>,
+) -> Arc<dyn Fn(Result<&T, &DomainError>) -> StoredResponse + Send + Sync> {
+    let request_id = request_id.to_owned();
+    Arc::new(move |result: Result<&T, &DomainError>| match result {
+        Ok(value) => StoredResponse {
+            status: status.as_u16(),
+            body: body(value),
+        },
+        Err(error) => render_problem(&ApiError::from_domain(error), &request_id),
+    })
 }
 
 /// A stored response as sent: JSON or problem+json by status, `Idempotent-Replayed` on replays.
@@ -149,139 +367,4 @@ pub fn stored_response(stored: StoredResponse, replayed: bool) -> Response {
             .insert(REPLAYED, HeaderValue::from_static("true"));
     }
     response
-}
-
-/// A PostgreSQL transaction owned by a unit of work (handed in and back, so the work's future
-/// needs no borrow).
-pub type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
-
-/// Runs `work` in one transaction with optional idempotency (POSTs that accept a key): a replay
-/// is answered from the store; the answer (success or a 4xx that changed nothing) is stored in
-/// the work's own transaction; a 5xx or 429 rolls back and releases the key. Business refusals
-/// commit too, so what the work logged about them persists. Returns the response and, when the
-/// work succeeded and committed, its value (for after-commit effects such as cache invalidation).
-pub async fn run_tx<T, F, Fut>(
-    state: &AppState,
-    caller: &Caller,
-    headers: &HeaderMap,
-    route: &str,
-    body: &[u8],
-    success: StatusCode,
-    work: F,
-) -> (Response, Option<T>)
-where
-    T: serde::Serialize,
-    F: FnOnce(Tx) -> Fut,
-    Fut: Future<Output = (Tx, Result<T, ApiError>)>,
-{
-    let request_id = caller.request_id.clone().unwrap_or_default();
-    let key = match key_from(headers, caller, route, false) {
-        Ok(key) => key,
-        Err(error) => return (error.into_response(), None),
-    };
-    if let Some(key) = &key {
-        match claim(state, key, body).await {
-            Ok(None) => {}
-            Ok(Some(replay)) => return (replay, None),
-            Err(error) => return (error.into_response(), None),
-        }
-    }
-    let release_then = |error: ApiError| async {
-        if let Some(key) = &key {
-            release(state, key).await;
-        }
-        (error.into_response(), None)
-    };
-    let tx = match state.db.begin().await {
-        Ok(tx) => tx,
-        Err(error) => return release_then(crate::error::database_error(error)).await,
-    };
-    let (mut tx, result) = work(tx).await;
-    let (stored, value) = match result {
-        Ok(value) => match serde_json::to_vec(&value) {
-            Ok(body) => (
-                StoredResponse {
-                    status: success.as_u16(),
-                    body,
-                },
-                Some(value),
-            ),
-            Err(error) => return release_then(ApiError::internal(error)).await,
-        },
-        Err(error)
-            if error.status().is_server_error()
-                || error.status() == StatusCode::TOO_MANY_REQUESTS =>
-        {
-            drop(tx);
-            return release_then(error).await;
-        }
-        Err(error) => (render_problem(&error, &request_id), None),
-    };
-    if let Some(key) = &key
-        && let Err(error) = idempotency::complete_many(&mut tx, &[(key, &stored)]).await
-    {
-        drop(tx);
-        return release_then(ApiError::from(error)).await;
-    }
-    if let Err(error) = tx.commit().await {
-        return release_then(crate::error::database_error(error)).await;
-    }
-    (stored_response(stored, false), value)
-}
-
-/// The pipeline of a POST whose `Idempotency-Key` is optional and whose work is not a database
-/// transaction of the route's own (a task event goes through the task's actor): claim the key,
-/// run `work` (its refusals are stored like its answers), store the answer. Replaying is safe
-/// even if the node stops between the work and the store: the key's lease expires and the retry
-/// meets the work's own guard (a task event is checked against the stored state machine).
-pub async fn run_keyed<T, F, Fut>(
-    state: &AppState,
-    caller: &Caller,
-    headers: &HeaderMap,
-    route: &str,
-    body: &[u8],
-    success: StatusCode,
-    work: F,
-) -> (Response, Option<T>)
-where
-    T: serde::Serialize,
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<T, ApiError>>,
-{
-    let request_id = caller.request_id.clone().unwrap_or_default();
-    let key = match key_from(headers, caller, route, false) {
-        Ok(key) => key,
-        Err(error) => return (error.into_response(), None),
-    };
-    if let Some(key) = &key {
-        match claim(state, key, body).await {
-            Ok(None) => {}
-            Ok(Some(replay)) => return (replay, None),
-            Err(error) => return (error.into_response(), None),
-        }
-    }
-    let value = match work().await {
-        Ok(value) => value,
-        Err(error) => {
-            let response = match &key {
-                Some(key) => fail(state, key, error, &request_id).await,
-                None => error.into_response(),
-            };
-            return (response, None);
-        }
-    };
-    let stored = match serde_json::to_vec(&value) {
-        Ok(body) => StoredResponse {
-            status: success.as_u16(),
-            body,
-        },
-        Err(error) => return (ApiError::internal(error).into_response(), None),
-    };
-    if let Some(key) = &key
-        && let Err(error) = idempotency::complete(&state.db, key, &stored).await
-    {
-        tracing::warn!(%error, "cannot store an answer with its idempotency key; releasing it");
-        release(state, key).await;
-    }
-    (stored_response(stored, false), Some(value))
 }

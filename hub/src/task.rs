@@ -10,7 +10,9 @@ use crate::channel::Channel;
 use dashmap::DashMap;
 use domain::audit::Actor as Caller;
 use domain::ledger::Ledger;
-use domain::tasks::{self, EventInput, EventOutcome, TaskChange, TaskRecord, Writer};
+use domain::tasks::{
+    self, EventCompletion, EventInput, EventOutcome, TaskChange, TaskRecord, Writer,
+};
 use domain::{DomainError, DomainResult};
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -70,6 +72,8 @@ pub enum TaskMsg {
         input: EventInput,
         /// Who posted it.
         caller: Caller,
+        /// The idempotency claim to complete with the event, if the request had a key.
+        completion: Option<EventCompletion>,
         /// The answer.
         reply: RpcReplyPort<DomainResult<EventOutcome>>,
     },
@@ -110,6 +114,7 @@ impl Tasks {
         task_id: Uuid,
         input: EventInput,
         caller: Caller,
+        completion: Option<EventCompletion>,
     ) -> DomainResult<EventOutcome> {
         // An actor that stopped between lookup and delivery drops the message unprocessed, so a
         // second attempt (on a fresh actor) is safe.
@@ -120,6 +125,7 @@ impl Tasks {
                     |reply| TaskMsg::Event {
                         input: input.clone(),
                         caller: caller.clone(),
+                        completion: completion.clone(),
                         reply,
                     },
                     None,
@@ -301,9 +307,18 @@ impl Actor for TaskActor {
             TaskMsg::Event {
                 input,
                 caller,
+                completion,
                 reply,
             } => {
                 let kind = input.kind.as_str();
+                if reply.is_closed() {
+                    // The caller is gone (timed out): nobody would learn the outcome, and its
+                    // key is being released for a retry. Drop the event unapplied.
+                    metrics::counter!("hub_task_events_total", "kind" => kind, "outcome" => "abandoned")
+                        .increment(1);
+                    state.arm_timer(&myself);
+                    return Ok(());
+                }
                 let writer = Writer {
                     actor: caller,
                     node_id: state.shared.node_id.clone(),
@@ -314,6 +329,7 @@ impl Actor for TaskActor {
                     &state.record,
                     input,
                     &writer,
+                    completion,
                 )
                 .await;
                 let outcome = match &result {

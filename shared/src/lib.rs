@@ -4,6 +4,7 @@
 pub mod credits;
 pub mod error_code;
 pub mod licenses;
+pub mod limits;
 pub mod page;
 pub mod problem;
 pub mod protocol;

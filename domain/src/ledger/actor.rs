@@ -387,8 +387,23 @@ impl Actor for AccountActor {
     }
 }
 
-/// Applies one batch and answers every request in it.
+/// Applies one batch and answers every request in it. An operation whose caller is gone (its
+/// request timed out or its client went away) is dropped before it is applied: nobody would
+/// learn its outcome, and its key is being released for a retry. When the batch fails in the
+/// database as a whole, its requests are applied one by one, so a request that fails there fails
+/// alone and its neighbours still apply.
 async fn flush(state: &AccountState, batch: Vec<(LedgerRequest, RpcReplyPort<Outcome>)>) {
+    let (batch, abandoned): (Vec<_>, Vec<_>) =
+        batch.into_iter().partition(|(_, reply)| !reply.is_closed());
+    for (request, _) in &abandoned {
+        tracing::info!(account = %state.account_id, kind = request.operation.kind(),
+            "dropping a ledger operation whose caller is gone");
+        metrics::counter!("ledger_operations_total", "kind" => request.operation.kind(), "outcome" => "abandoned")
+            .increment(1);
+    }
+    if batch.is_empty() {
+        return;
+    }
     metrics::histogram!("ledger_batch_size").record(batch.len() as f64);
     let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
     match execute_batch(&state.pool, &state.account_id, &requests).await {
@@ -396,6 +411,13 @@ async fn flush(state: &AccountState, batch: Vec<(LedgerRequest, RpcReplyPort<Out
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 // A caller that gave up waiting has dropped its port: nothing to tell it.
                 let _ = reply.send(outcome);
+            }
+        }
+        Err(error) if requests.len() > 1 && matches!(error, sqlx::Error::Database(_)) => {
+            tracing::warn!(account = %state.account_id, %error, size = requests.len(),
+                "ledger batch failed in the database; applying its requests one by one");
+            for (request, reply) in requests.into_iter().zip(replies) {
+                Box::pin(flush(state, vec![(request, reply)])).await;
             }
         }
         Err(error) => {
@@ -406,14 +428,15 @@ async fn flush(state: &AccountState, batch: Vec<(LedgerRequest, RpcReplyPort<Out
                 sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
             );
             for reply in replies {
+                // The cause is in the log above; the caller gets no database text.
                 let result = if unreachable {
-                    Err(DomainError::Unavailable(format!(
-                        "the database is unavailable: {error}"
-                    )))
+                    Err(DomainError::Unavailable(
+                        "the database is unavailable; retry with the same Idempotency-Key".into(),
+                    ))
                 } else {
-                    Err(DomainError::Database(sqlx::Error::Protocol(format!(
-                        "ledger batch failed: {error}"
-                    ))))
+                    Err(DomainError::Database(sqlx::Error::Protocol(
+                        "ledger batch failed".into(),
+                    )))
                 };
                 let _ = reply.send(Outcome {
                     result,

@@ -7,7 +7,7 @@ pub mod store;
 
 use crate::DomainError;
 use crate::audit::Actor;
-use crate::idempotency::{KeyRef, StoredResponse};
+use crate::idempotency::{Claimed, StoredResponse};
 use crate::tasks::{TaskChange, TaskWrite};
 use shared::credits::LedgerEntry;
 use shared::session::Balance;
@@ -94,6 +94,19 @@ impl Operation {
         }
     }
 
+    /// The credits the operation names (0 for a release, whose amount is the hold's).
+    pub fn amount(&self) -> i64 {
+        match self {
+            Operation::Charge { amount, .. }
+            | Operation::Refund { amount, .. }
+            | Operation::Adjust { amount, .. }
+            | Operation::Recharge { amount, .. }
+            | Operation::Hold { amount, .. } => *amount,
+            Operation::Capture { actual, .. } => *actual,
+            Operation::Release { .. } => 0,
+        }
+    }
+
     /// The audit action of the operation, for the sensitive ones.
     pub fn audit_action(&self) -> Option<&'static str> {
         match self {
@@ -108,13 +121,13 @@ impl Operation {
 
 /// Turns an operation's result into the HTTP response stored with its idempotency key. Supplied
 /// by the gateway, which owns the mapping of errors to statuses and problem bodies.
-pub type Render = Arc<dyn Fn(&Result<Applied, DomainError>) -> StoredResponse + Send + Sync>;
+pub type Render = Arc<dyn Fn(Result<&Applied, &DomainError>) -> StoredResponse + Send + Sync>;
 
 /// The idempotency key to complete in the operation's transaction, and how to render the answer.
 #[derive(Clone)]
 pub struct Completion {
-    /// The claimed key.
-    pub key: KeyRef,
+    /// The claimed key; the operation is applied only while this claim still owns it.
+    pub claim: Claimed,
     /// Renders the stored response.
     pub render: Render,
 }
@@ -122,7 +135,7 @@ pub struct Completion {
 impl fmt::Debug for Completion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Completion")
-            .field("key", &self.key)
+            .field("claim", &self.claim)
             .finish_non_exhaustive()
     }
 }

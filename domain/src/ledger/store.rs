@@ -13,6 +13,7 @@ use crate::idempotency::StoredResponse;
 use crate::{DomainError, audit, idempotency, tasks};
 use chrono::{DateTime, Utc};
 use shared::credits::{EntryKind, LedgerEntry};
+use shared::limits::{MAX_AMOUNT, MAX_BALANCE};
 use shared::session::Balance;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
@@ -115,9 +116,26 @@ impl Plan<'_> {
             .ids
             .next()
             .ok_or_else(|| sqlx::Error::Protocol("ledger batch ran out of allocated ids".into()))?;
-        self.balances.available += new.amount;
-        self.balances.held += new.held_delta;
-        self.balances.debt += new.debt_delta;
+        // Checked, never wrapping or saturating: the edge bounds every amount and credits keep
+        // balances under MAX_BALANCE, so an overflow here means a bug; it fails the batch.
+        let overflow = || sqlx::Error::Protocol("ledger arithmetic overflow".into());
+        self.balances = Balances {
+            available: self
+                .balances
+                .available
+                .checked_add(new.amount)
+                .ok_or_else(overflow)?,
+            held: self
+                .balances
+                .held
+                .checked_add(new.held_delta)
+                .ok_or_else(overflow)?,
+            debt: self
+                .balances
+                .debt
+                .checked_add(new.debt_delta)
+                .ok_or_else(overflow)?,
+        };
         let entry = LedgerEntry {
             entry_id,
             account_id: self.account_id.to_owned(),
@@ -147,12 +165,15 @@ impl Plan<'_> {
 }
 
 /// Applies `batch` (all for `account_id`) in one transaction and returns one outcome per request,
-/// in order. A database failure fails the whole batch (nothing is committed).
+/// in order. A database failure fails the whole batch (nothing is committed); the actor then
+/// applies its requests one by one, so one failing request fails alone.
 ///
 /// Round trips per batch, whatever its size: BEGIN; lock the account and allocate ledger ids;
-/// one statement writing every ledger row, idempotency answer and audit row; COMMIT. (Refunds and
-/// holds add their own reads and hold-row writes.) Each operation is validated against the
-/// running balances in memory first, so a request that lacks funds fails alone.
+/// lock the requests' idempotency claims; one statement writing every ledger row, idempotency
+/// answer and audit row; COMMIT. (Refunds and holds add their own reads and hold-row writes.)
+/// Each operation is validated against the running balances in memory first, so a request that
+/// lacks funds fails alone. A request whose claim on its key has ended (released after its
+/// caller went away, or taken over by a retry) is not applied at all.
 pub async fn execute_batch(
     pool: &PgPool,
     account_id: &str,
@@ -177,17 +198,25 @@ pub async fn execute_batch(
     .bind(ids_needed as i32)
     .fetch_optional(&mut *tx)
     .await?;
+    let held = claims_held(&mut tx, batch).await?;
+    let render = |request: &LedgerRequest, result: &Result<Applied, DomainError>| {
+        request
+            .completion
+            .as_ref()
+            .map(|completion| (completion.render)(result.as_ref()))
+    };
     let Some(row) = locked else {
         let outcomes: Vec<Outcome> = batch
             .iter()
-            .map(|request| {
+            .zip(&held)
+            .map(|(request, held)| {
+                if !held {
+                    return lost_claim();
+                }
                 let result = Err(DomainError::NotFound {
                     what: "credit account (accounts are created on their owner's first request)",
                 });
-                let stored = request
-                    .completion
-                    .as_ref()
-                    .map(|completion| (completion.render)(&result));
+                let stored = render(request, &result);
                 Outcome { result, stored }
             })
             .collect();
@@ -208,17 +237,50 @@ pub async fn execute_batch(
         refunded: HashMap::new(),
     };
     let mut outcomes = Vec::with_capacity(batch.len());
-    for request in batch {
+    for (request, held) in batch.iter().zip(held) {
+        if !held {
+            outcomes.push(lost_claim());
+            continue;
+        }
         let result = apply_one(&mut tx, request, &mut plan).await?;
-        let stored = request
-            .completion
-            .as_ref()
-            .map(|completion| (completion.render)(&result));
+        let stored = render(request, &result);
         outcomes.push(Outcome { result, stored });
     }
     write_batch(&mut tx, account_id, batch, &outcomes, &plan.rows).await?;
     tx.commit().await?;
     Ok(outcomes)
+}
+
+/// Locks the batch's idempotency claims; whether each request's claim is still held (a request
+/// without a key always is).
+async fn claims_held(
+    conn: &mut PgConnection,
+    batch: &[LedgerRequest],
+) -> Result<Vec<bool>, sqlx::Error> {
+    let claims: Vec<&idempotency::Claimed> = batch
+        .iter()
+        .filter_map(|request| Some(&request.completion.as_ref()?.claim))
+        .collect();
+    let mut held = idempotency::lock_claims(conn, &claims)
+        .await
+        .map_err(|error| match error {
+            DomainError::Database(error) => error,
+            other => sqlx::Error::Protocol(other.to_string()),
+        })?
+        .into_iter();
+    Ok(batch
+        .iter()
+        .map(|request| request.completion.is_none() || held.next().unwrap_or(false))
+        .collect())
+}
+
+/// The outcome of a request whose claim ended before it could be applied: nothing is written
+/// for it, not even its answer (the key belongs to someone else now, or to nobody).
+fn lost_claim() -> Outcome {
+    Outcome {
+        result: Err(idempotency::claim_lost()),
+        stored: None,
+    }
 }
 
 /// The batch's one write: ledger rows (the trigger applies each and computes its balances, which
@@ -230,11 +292,14 @@ async fn write_batch(
     outcomes: &[Outcome],
     rows: &[PlannedRow],
 ) -> Result<(), sqlx::Error> {
-    let completions: Vec<(&idempotency::KeyRef, &StoredResponse)> = batch
+    let completions: Vec<(&idempotency::Claimed, &StoredResponse)> = batch
         .iter()
         .zip(outcomes)
         .filter_map(|(request, outcome)| {
-            Some((&request.completion.as_ref()?.key, outcome.stored.as_ref()?))
+            Some((
+                &request.completion.as_ref()?.claim,
+                outcome.stored.as_ref()?,
+            ))
         })
         .collect();
     let audits: Vec<(&LedgerRequest, &str, (AuditOutcome, serde_json::Value))> = batch
@@ -275,9 +340,12 @@ async fn write_batch(
            update idempotency_keys k \
               set status = 'completed', response_status = u.status, response_body = u.body, \
                   completed_at = now() \
-             from unnest($16::text[], $17::text[], $18::text[], $19::int2[], $20::bytea[]) \
-                  as u(caller_id, route, key, status, body) \
-            where k.caller_id = u.caller_id and k.route = u.route and k.key = u.key \
+             from unnest($16::text[], $28::text[], $17::text[], $18::text[], $29::uuid[], \
+                         $19::int2[], $20::bytea[]) \
+                  as u(caller_id, account_id, route, key, token, status, body) \
+            where k.caller_id = u.caller_id and k.account_id = u.account_id \
+              and k.route = u.route and k.key = u.key \
+              and k.owner_token = u.token and k.status = 'in_flight' \
            returning 1), \
          audit as ( \
            insert into audit_access_log (actor_id, actor_roles, action, target_type, target_id, \
@@ -288,7 +356,9 @@ async fn write_batch(
                          $26::text[], $27::jsonb[]) \
                   as a(actor_id, roles, action, outcome, request_id, ip, detail) \
            returning 1) \
-         select id, balance_after, held_after, debt_after from entries",
+         select e.id, e.balance_after, e.held_after, e.debt_after, \
+                (select count(*) from answers) as answered \
+           from (select 1) as one left join entries e on true",
     )
     .bind(numbers(|row| row.entry.entry_id))
     .bind(account_id)
@@ -324,19 +394,19 @@ async fn write_batch(
     .bind(
         completions
             .iter()
-            .map(|(key, _)| key.caller_id.as_str())
+            .map(|(claim, _)| claim.key.caller_id.as_str())
             .collect::<Vec<_>>(),
     )
     .bind(
         completions
             .iter()
-            .map(|(key, _)| key.route.as_str())
+            .map(|(claim, _)| claim.key.route.as_str())
             .collect::<Vec<_>>(),
     )
     .bind(
         completions
             .iter()
-            .map(|(key, _)| key.key.as_str())
+            .map(|(claim, _)| claim.key.key.as_str())
             .collect::<Vec<_>>(),
     )
     .bind(
@@ -393,6 +463,18 @@ async fn write_batch(
             .map(|(_, _, (_, detail))| detail.clone())
             .collect::<Vec<_>>(),
     )
+    .bind(
+        completions
+            .iter()
+            .map(|(claim, _)| claim.key.account_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        completions
+            .iter()
+            .map(|(claim, _)| claim.token)
+            .collect::<Vec<_>>(),
+    )
     .fetch_all(&mut *conn)
     .await?;
     // The trigger is the authority on balances: the plan must agree with it, row for row.
@@ -400,8 +482,22 @@ async fn write_batch(
         .iter()
         .map(|row| (row.entry.entry_id, &row.entry))
         .collect();
+    let answered: i64 = match written.first() {
+        Some(row) => row.try_get("answered")?,
+        None => 0,
+    };
+    if answered != completions.len() as i64 {
+        // Cannot happen while the claims are locked; if it did, roll everything back.
+        return Err(sqlx::Error::Protocol(
+            "an idempotency claim of the batch was not held at completion".into(),
+        ));
+    }
+    let mut entries = 0;
     for row in &written {
-        let id: i64 = row.try_get("id")?;
+        let Some(id) = row.try_get::<Option<i64>, _>("id")? else {
+            continue;
+        };
+        entries += 1;
         let actual: (i64, i64, i64) = (
             row.try_get("balance_after")?,
             row.try_get("held_after")?,
@@ -416,7 +512,7 @@ async fn write_batch(
             )));
         }
     }
-    if written.len() != rows.len() {
+    if entries != rows.len() {
         return Err(sqlx::Error::Protocol(
             "the ledger batch wrote other rows than planned".into(),
         ));
@@ -478,6 +574,11 @@ async fn apply_one(
         available: balances.available,
         requested,
     };
+    if request.operation.amount().unsigned_abs() > MAX_AMOUNT.unsigned_abs() {
+        return Ok(Err(DomainError::Validation(format!(
+            "amounts are at most {MAX_AMOUNT} in size"
+        ))));
+    }
     let mut related = Vec::new();
     let mut task = None;
     let entry = match &request.operation {
@@ -550,6 +651,9 @@ async fn apply_one(
             .bind(charge_entry_id)
             .fetch_one(&mut *conn)
             .await?;
+            if let Some(refused) = exceeds_balance(plan, *amount) {
+                return Ok(Err(refused));
+            }
             let in_batch = plan.refunded.get(charge_entry_id).copied().unwrap_or(0);
             let remaining = -charge.try_get::<i64, _>("amount")? - refunded - in_batch;
             if *amount > remaining {
@@ -575,6 +679,9 @@ async fn apply_one(
             if *amount < 0 && plan.balances.available < -amount {
                 return Ok(Err(insufficient(-amount, &plan.balances)));
             }
+            if let Some(refused) = exceeds_balance(plan, *amount) {
+                return Ok(Err(refused));
+            }
             let new = NewEntry {
                 amount: *amount,
                 reason: Some(reason),
@@ -591,6 +698,9 @@ async fn apply_one(
                 return Ok(Err(DomainError::Validation(
                     "amount must be positive".into(),
                 )));
+            }
+            if let Some(refused) = exceeds_balance(plan, *amount) {
+                return Ok(Err(refused));
             }
             let new = NewEntry {
                 amount: *amount,
@@ -653,6 +763,11 @@ async fn apply_one(
                     "hold {hold_id} is not open"
                 ))));
             };
+            if *actual > MAX_AMOUNT {
+                return Ok(Err(DomainError::Validation(format!(
+                    "the actual cost {actual} exceeds the largest amount, {MAX_AMOUNT}"
+                ))));
+            }
             // Within the hold: the rest goes back. Beyond it: take the difference from what is
             // available (the supplementary deduction) and record what is missing as debt.
             if let Some(write) = &request.task {
@@ -729,6 +844,18 @@ async fn apply_one(
         balance: plan.balances.public(),
         task,
     }))
+}
+
+/// A refusal when crediting `amount` would take the account past [`MAX_BALANCE`].
+fn exceeds_balance(plan: &Plan<'_>, amount: i64) -> Option<DomainError> {
+    let after = i128::from(plan.balances.available)
+        + i128::from(plan.balances.held)
+        + i128::from(amount.max(0));
+    (after > i128::from(MAX_BALANCE)).then(|| {
+        DomainError::Validation(format!(
+            "this credit would take the account past the largest balance, {MAX_BALANCE}"
+        ))
+    })
 }
 
 async fn task_exists(

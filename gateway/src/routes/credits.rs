@@ -3,17 +3,15 @@
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Json, Query, parse_json};
-use crate::idempotency;
+use crate::idempotency::{Guard, KeyRule, render_with};
 use crate::pagination::{PageParams, cursor_after};
 use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use chrono::{DateTime, Utc};
-use domain::DomainError;
-use domain::idempotency::StoredResponse;
-use domain::ledger::{Applied, Completion, LedgerRequest, Operation};
+use domain::ledger::{Applied, LedgerRequest, Operation};
 use serde::Deserialize;
 use shared::Problem;
 use shared::credits::{
@@ -21,11 +19,9 @@ use shared::credits::{
     RefundRequest,
 };
 use shared::page::Page;
-use std::sync::Arc;
 use uuid::Uuid;
 
-/// Largest amount one operation may move: far above any real price, far below i64 overflow.
-const MAX_AMOUNT: i64 = 1_000_000_000_000;
+use shared::limits::{MAX_AMOUNT, MAX_UNITS};
 
 /// What a validated money request does: an operation on an account.
 struct Prepared {
@@ -33,8 +29,9 @@ struct Prepared {
     operation: Operation,
 }
 
-/// The money-route pipeline: idempotency key (required), claim, parse and validate (failures are
-/// stored), the account's actor (which stores the answer in its transaction), the answer.
+/// The money-route pipeline: idempotency key (required) claimed by the [`Guard`], parse and
+/// validate (refusals are stored), the account's actor (which stores the answer in its
+/// transaction while the claim still owns the key), the answer.
 async fn run_money_route<F, Fut>(
     state: &AppState,
     caller: &Caller,
@@ -47,22 +44,13 @@ where
     F: FnOnce(Bytes) -> Fut,
     Fut: Future<Output = Result<Prepared, ApiError>>,
 {
-    let request_id = caller.request_id.clone().unwrap_or_default();
-    let key = match idempotency::key_from(headers, caller, route, true) {
-        Ok(Some(key)) => key,
-        Ok(None) => {
-            return ApiError::internal(anyhow::anyhow!("required key missing")).into_response();
-        }
-        Err(error) => return error.into_response(),
+    let guard = match Guard::begin(state, caller, headers, route, &body, KeyRule::Required).await {
+        Ok(guard) => guard,
+        Err(response) => return response,
     };
-    match idempotency::claim(state, &key, &body).await {
-        Ok(None) => {}
-        Ok(Some(replay)) => return replay,
-        Err(error) => return error.into_response(),
-    }
     let prepared = match prepare(body).await {
         Ok(prepared) => prepared,
-        Err(error) => return idempotency::fail(state, &key, error, &request_id).await,
+        Err(error) => return guard.refuse(error).await,
     };
     let request = LedgerRequest {
         account_id: prepared.account_id,
@@ -71,75 +59,12 @@ where
         completion: None,
         task: None,
     };
-    let render = render_with(&request_id, StatusCode::CREATED, |applied| {
-        serde_json::to_vec(&applied.entry).unwrap_or_default()
-    });
-    apply_keyed(state, Some(key), request, render).await.0
-}
-
-/// Renders an operation's result as the response stored with its key: `status` and `body` on
-/// success, the problem otherwise.
-pub(crate) fn render_with(
-    request_id: &str,
-    status: StatusCode,
-    body: fn(&Applied) -> Vec<u8>,
-) -> domain::ledger::Render {
-    let request_id = request_id.to_owned();
-    Arc::new(move |result: &Result<Applied, DomainError>| match result {
-        Ok(applied) => StoredResponse {
-            status: status.as_u16(),
-            body: body(applied),
-        },
-        Err(error) => idempotency::render_problem(&ApiError::from_domain(error), &request_id),
-    })
-}
-
-/// Sends `request` to the account's actor, completing the claimed `key` (if any) with the answer
-/// in the same transaction, and returns the response with what was applied.
-pub(crate) async fn apply_keyed(
-    state: &AppState,
-    key: Option<domain::idempotency::KeyRef>,
-    mut request: LedgerRequest,
-    render: domain::ledger::Render,
-) -> (Response, Option<Applied>) {
-    request.completion = key.clone().map(|key| Completion {
-        key,
-        render: render.clone(),
-    });
-    let release = |key: Option<domain::idempotency::KeyRef>| async move {
-        if let Some(key) = &key {
-            idempotency::release(state, key).await;
-        }
-    };
-    match state.ledger.apply(request).await {
-        Ok(outcome) => {
-            let stored = match (outcome.stored, &outcome.result) {
-                (Some(stored), _) => stored,
-                // No key: the answer is rendered here.
-                (None, result) if key.is_none() => render(result),
-                // The batch failed as a whole: nothing was written, the key can be retried.
-                (None, Err(error)) => {
-                    release(key).await;
-                    return (ApiError::from_domain(error).into_response(), None);
-                }
-                (None, Ok(_)) => {
-                    release(key).await;
-                    let error = anyhow::anyhow!("outcome without a stored response");
-                    return (ApiError::internal(error).into_response(), None);
-                }
-            };
-            (
-                idempotency::stored_response(stored, false),
-                outcome.result.ok(),
-            )
-        }
-        Err(error) => {
-            // Never sent, or the actor died: a committed batch completed the key (release is
-            // then a no-op); an uncommitted one wrote nothing, so a retry may run.
-            release(key).await;
-            (ApiError::from(error).into_response(), None)
-        }
-    }
+    let render = render_with(
+        guard.request_id(),
+        StatusCode::CREATED,
+        |applied: &Applied| serde_json::to_vec(&applied.entry).unwrap_or_default(),
+    );
+    guard.apply_ledger(request, render).await.0
 }
 
 fn check_amount(amount: i64, allow_negative: bool) -> Result<(), ApiError> {
@@ -148,7 +73,8 @@ fn check_amount(amount: i64, allow_negative: bool) -> Result<(), ApiError> {
     } else {
         amount > 0
     };
-    if !ok || amount.abs() > MAX_AMOUNT {
+    // `unsigned_abs`: `i64::MIN.abs()` overflows (and wraps to itself in an unchecked build).
+    if !ok || amount.unsigned_abs() > MAX_AMOUNT.unsigned_abs() {
         let rule = if allow_negative {
             "non-zero"
         } else {
@@ -405,10 +331,10 @@ pub async fn estimate(
     State(state): State<AppState>,
     Json(request): Json<EstimateRequest>,
 ) -> ApiResult<Json<Estimate>> {
-    if request.units <= 0 || request.units > 1_000_000_000 {
-        return Err(ApiError::validation(
-            "units must be between 1 and 1000000000",
-        ));
+    if !(1..=MAX_UNITS).contains(&request.units) {
+        return Err(ApiError::validation(format!(
+            "units must be between 1 and {MAX_UNITS}"
+        )));
     }
     let at = request.at.unwrap_or_else(Utc::now);
     let estimate =

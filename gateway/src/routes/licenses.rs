@@ -3,7 +3,7 @@
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Json, Path, Query};
-use crate::idempotency::{Tx, run_tx};
+use crate::idempotency::{Guard, KeyRule, Tx};
 use crate::license_cache::Lookup;
 use crate::state::AppState;
 use axum::body::Bytes;
@@ -147,14 +147,13 @@ pub async fn consume(
     let actor = caller.actor();
     let caller_ref = &caller;
     let raw = body.clone();
-    let (response, consumed) = run_tx(
-        &state,
-        &caller,
-        &headers,
-        route,
-        &raw,
-        StatusCode::OK,
-        |mut tx: Tx| async move {
+    let guard = match Guard::begin(&state, &caller, &headers, route, &raw, KeyRule::Optional).await
+    {
+        Ok(guard) => guard,
+        Err(response) => return response,
+    };
+    let (response, consumed) = guard
+        .run_tx(StatusCode::OK, |mut tx: Tx| async move {
             let result = async {
                 let request: ConsumeLicense = crate::error::parse_json(&body)?;
                 if request.units <= 0 || request.units > 1_000_000_000 {
@@ -176,9 +175,8 @@ pub async fn consume(
             }
             .await;
             (tx, result)
-        },
-    )
-    .await;
+        })
+        .await;
     if let Some(license) = consumed {
         state
             .license_cache
@@ -203,14 +201,13 @@ pub async fn grant(
     let route = "POST /api/v1/licenses";
     let actor = caller.actor();
     let raw = body.clone();
-    let (response, granted) = run_tx(
-        &state,
-        &caller,
-        &headers,
-        route,
-        &raw,
-        StatusCode::CREATED,
-        |mut tx: Tx| async move {
+    let guard = match Guard::begin(&state, &caller, &headers, route, &raw, KeyRule::Optional).await
+    {
+        Ok(guard) => guard,
+        Err(response) => return response,
+    };
+    let (response, granted) = guard
+        .run_tx(StatusCode::CREATED, |mut tx: Tx| async move {
             let result = async {
                 let request: GrantLicense = crate::error::parse_json(&body)?;
                 if !crate::auth::valid_id(&request.subject_id) {
@@ -230,9 +227,8 @@ pub async fn grant(
             }
             .await;
             (tx, result)
-        },
-    )
-    .await;
+        })
+        .await;
     if let Some(license) = granted {
         state
             .license_cache

@@ -1,18 +1,19 @@
 //! `/api/v1/tasks`: create (estimate and hold), read, list, post events (services, through the
 //! task's actor), cancel, and the stored event history.
 
-use super::credits::{apply_keyed, render_with};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Json, Path, Query, parse_json};
-use crate::idempotency::{self, run_keyed};
+use crate::idempotency::{Guard, KeyRule, Tx, render_with};
 use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use chrono::{DateTime, Utc};
+use domain::ledger::Applied;
 use domain::tasks::{self, EventInput, TaskFilter, TaskRecord};
 use serde::Deserialize;
+use shared::limits::MAX_UNITS;
 use shared::page::{DEFAULT_LIMIT, MAX_LIMIT, Page};
 use shared::tasks::{
     CancelTaskRequest, CreateTaskRequest, Task, TaskEventApplied, TaskEventRequest, TaskEvents,
@@ -54,23 +55,21 @@ pub async fn create(
     body: Bytes,
 ) -> Response {
     let route = "POST /api/v1/tasks";
-    let request_id = caller.request_id.clone().unwrap_or_default();
-    let key = match idempotency::key_from(&headers, &caller, route, false) {
-        Ok(key) => key,
-        Err(error) => return error.into_response(),
+    let guard = match Guard::begin(&state, &caller, &headers, route, &body, KeyRule::Optional).await
+    {
+        Ok(guard) => guard,
+        Err(response) => return response,
     };
-    if let Some(key) = &key {
-        match idempotency::claim(&state, key, &body).await {
-            Ok(None) => {}
-            Ok(Some(replay)) => return replay,
-            Err(error) => return error.into_response(),
-        }
-    }
     let prepared = async {
         let request: CreateTaskRequest = parse_json(&body)?;
         let account_id = caller.principal.account_id.as_deref().ok_or_else(|| {
             ApiError::validation("this caller has no credit account to hold the task's credits")
         })?;
+        if !(1..=MAX_UNITS).contains(&request.units) {
+            return Err(ApiError::validation(format!(
+                "`units` must be between 1 and {MAX_UNITS}"
+            )));
+        }
         Ok::<_, ApiError>(
             tasks::prepare(
                 &state.db,
@@ -86,20 +85,20 @@ pub async fn create(
     .await;
     let task = match prepared {
         Ok(task) => task,
-        Err(error) => {
-            return match &key {
-                Some(key) => idempotency::fail(&state, key, error, &request_id).await,
-                None => error.into_response(),
-            };
-        }
+        Err(error) => return guard.refuse(error).await,
     };
     let Some(request) = tasks::hold_request(&task, caller.actor()) else {
-        return create_free(&state, &caller, key, &task).await;
+        return create_free(&state, &caller, guard, task).await;
     };
-    let render = render_with(&request_id, StatusCode::CREATED, |applied| {
-        serde_json::to_vec(&applied.task.as_ref().map(|change| &change.task)).unwrap_or_default()
-    });
-    let (response, applied) = apply_keyed(&state, key, request, render).await;
+    let render = render_with(
+        guard.request_id(),
+        StatusCode::CREATED,
+        |applied: &Applied| {
+            serde_json::to_vec(&applied.task.as_ref().map(|change| &change.task))
+                .unwrap_or_default()
+        },
+    );
+    let (response, applied) = guard.apply_ledger(request, render).await;
     if let Some(applied) = applied
         && let Some(change) = &applied.task
     {
@@ -113,40 +112,28 @@ pub async fn create(
 async fn create_free(
     state: &AppState,
     caller: &Caller,
-    key: Option<domain::idempotency::KeyRef>,
-    task: &tasks::NewTask,
+    guard: Guard,
+    task: tasks::NewTask,
 ) -> Response {
-    let result = async {
-        let mut tx = state
-            .db
-            .begin()
-            .await
-            .map_err(crate::error::database_error)?;
-        let change = tasks::create_free(&mut tx, task, &caller.actor()).await?;
-        let stored = domain::idempotency::StoredResponse {
-            status: StatusCode::CREATED.as_u16(),
-            body: serde_json::to_vec(&change.task).map_err(ApiError::internal)?,
-        };
-        if let Some(key) = &key {
-            domain::idempotency::complete_many(&mut tx, &[(key, &stored)]).await?;
-        }
-        tx.commit().await.map_err(crate::error::database_error)?;
-        Ok::<_, ApiError>((change, stored))
-    }
-    .await;
-    match result {
-        Ok((change, stored)) => {
-            metrics::counter!("tasks_created_total").increment(1);
-            state.tasks.publish(&change, None).await;
-            idempotency::stored_response(stored, false)
-        }
-        Err(error) => {
-            if let Some(key) = &key {
-                idempotency::release(state, key).await;
-            }
-            error.into_response()
+    /// A created task as answered: the task alone.
+    struct Created(tasks::TaskChange);
+    impl serde::Serialize for Created {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            self.0.task.serialize(serializer)
         }
     }
+    let actor = caller.actor();
+    let (response, created) = guard
+        .run_tx(StatusCode::CREATED, |mut tx: Tx| async move {
+            let result = tasks::create_free(&mut tx, &task, &actor).await;
+            (tx, result.map(Created).map_err(ApiError::from))
+        })
+        .await;
+    if let Some(Created(change)) = created {
+        metrics::counter!("tasks_created_total").increment(1);
+        state.tasks.publish(&change, None).await;
+    }
+    response
 }
 
 /// One task: its owner, or callers with `tasks:read:any` (a foreign task reads as 404).
@@ -270,26 +257,50 @@ pub async fn post_event(
     body: Bytes,
 ) -> Response {
     let route = "POST /api/v1/tasks/{id}/events";
-    let work = || async {
-        let request: TaskEventRequest = parse_json(&body)?;
-        let input = EventInput::from_request(request)?;
-        let outcome = state.tasks.apply(id, input, caller.actor()).await?;
-        Ok(TaskEventApplied {
-            task: outcome.change.task,
-            event: outcome.change.event,
-        })
+    let guard = match Guard::begin(&state, &caller, &headers, route, &body, KeyRule::Optional).await
+    {
+        Ok(guard) => guard,
+        Err(response) => return response,
     };
-    run_keyed(
-        &state,
-        &caller,
-        &headers,
-        route,
-        &body,
-        StatusCode::CREATED,
-        work,
-    )
-    .await
-    .0
+    let input = parse_json::<TaskEventRequest>(&body)
+        .and_then(|request| EventInput::from_request(request).map_err(ApiError::from));
+    match input {
+        Ok(input) => apply_event(&state, &caller, guard, id, input, StatusCode::CREATED).await,
+        Err(error) => guard.refuse(error).await,
+    }
+}
+
+/// Applies an event through the task's actor, which completes the guard's claim in the event's
+/// own transaction; refusals are stored by the guard.
+async fn apply_event(
+    state: &AppState,
+    caller: &Caller,
+    guard: Guard,
+    id: Uuid,
+    input: EventInput,
+    success: StatusCode,
+) -> Response {
+    let render = render_with(guard.request_id(), success, |change: &tasks::TaskChange| {
+        serde_json::to_vec(&TaskEventApplied {
+            task: change.task.clone(),
+            event: change.event.clone(),
+        })
+        .unwrap_or_default()
+    });
+    let completion = guard.task_completion(render.clone());
+    match state
+        .tasks
+        .apply(id, input, caller.actor(), completion)
+        .await
+    {
+        Ok(outcome) => {
+            let stored = outcome
+                .stored
+                .unwrap_or_else(|| render(Ok(&outcome.change)));
+            guard.committed(stored)
+        }
+        Err(error) => guard.refuse(ApiError::from(error)).await,
+    }
 }
 
 /// Cancels a queued or running task and releases its hold: its owner, or callers with
@@ -310,7 +321,12 @@ pub async fn cancel(
     body: Bytes,
 ) -> Response {
     let route = "POST /api/v1/tasks/{id}/cancel";
-    let work = || async {
+    let guard = match Guard::begin(&state, &caller, &headers, route, &body, KeyRule::Optional).await
+    {
+        Ok(guard) => guard,
+        Err(response) => return response,
+    };
+    let checked = async {
         let request: CancelTaskRequest = if body.iter().all(u8::is_ascii_whitespace) {
             CancelTaskRequest::default()
         } else {
@@ -329,24 +345,13 @@ pub async fn cancel(
                 ));
             }
         }
-        let input = EventInput::cancel(request.reason)?;
-        let outcome = state.tasks.apply(id, input, caller.actor()).await?;
-        Ok(TaskEventApplied {
-            task: outcome.change.task,
-            event: outcome.change.event,
-        })
-    };
-    run_keyed(
-        &state,
-        &caller,
-        &headers,
-        route,
-        &body,
-        StatusCode::OK,
-        work,
-    )
-    .await
-    .0
+        Ok(EventInput::cancel(request.reason)?)
+    }
+    .await;
+    match checked {
+        Ok(input) => apply_event(&state, &caller, guard, id, input, StatusCode::OK).await,
+        Err(error) => guard.refuse(error).await,
+    }
 }
 
 /// `?after_seq=&limit=`.
