@@ -4,10 +4,12 @@ use domain::DomainError;
 use domain::audit::Actor;
 use domain::identity::{Principal, provision};
 use domain::ledger::store::execute_batch;
-use domain::ledger::{Ledger, LedgerConfig, LedgerRequest, Operation};
+use domain::idempotency::{self, Claim, Claimed, KeyPolicy, KeyRef, StoredResponse};
+use domain::ledger::{Completion, Ledger, LedgerConfig, LedgerRequest, Operation, Render};
 use shared::Role;
 use shared::credits::EntryKind;
 use sqlx::PgPool;
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -479,4 +481,190 @@ async fn two_refunds_of_one_charge_in_one_batch_never_exceed_it(pool: PgPool) {
         Err(DomainError::RefundExceedsCharge { remaining: 20 })
     ));
     assert_eq!(balances(&pool, "alice").await.0, 80);
+}
+
+fn keyed(account: &str, operation: Operation, claim: Claimed) -> LedgerRequest {
+    let render: Render = Arc::new(|result| StoredResponse {
+        status: if result.is_ok() { 201 } else { 422 },
+        body: b"{}".to_vec(),
+    });
+    LedgerRequest {
+        completion: Some(Completion { claim, render }),
+        ..request(account, operation)
+    }
+}
+
+async fn claim_key(pool: &PgPool, name: &str, lease: Duration) -> Claimed {
+    let key = KeyRef {
+        caller_id: "alice".into(),
+        account_id: "alice".into(),
+        route: "POST /api/v1/credits/charge".into(),
+        key: name.into(),
+    };
+    let policy = KeyPolicy {
+        ttl: Duration::from_secs(86_400),
+        lease,
+    };
+    match idempotency::claim(pool, &key, &idempotency::fingerprint(b"{}"), policy)
+        .await
+        .expect("claim")
+    {
+        Claim::Acquired(claimed) => claimed,
+        other => panic!("not acquired: {other:?}"),
+    }
+}
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn a_charge_whose_claim_was_taken_over_is_not_applied_and_the_new_owner_commits_once(
+    pool: PgPool,
+) {
+    // The repro of the double charge: the first request's claim outlives its lease while it
+    // waits; a retry takes the key over and commits; the first must then write nothing.
+    account(&pool, "alice", 1_000).await;
+    let stale = claim_key(&pool, "K", Duration::from_millis(1)).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let current = claim_key(&pool, "K", Duration::from_secs(30)).await;
+
+    let retried = execute_batch(&pool, "alice", &[keyed("alice", charge(100), current)])
+        .await
+        .expect("batch");
+    assert!(retried[0].result.is_ok() && retried[0].stored.is_some());
+    let late = execute_batch(&pool, "alice", &[keyed("alice", charge(100), stale)])
+        .await
+        .expect("batch");
+
+    assert!(
+        matches!(late[0].result, Err(DomainError::Conflict(_))),
+        "{:?}",
+        late[0].result
+    );
+    assert!(late[0].stored.is_none());
+    assert_eq!(rows(&pool, "alice", "charge").await, 1);
+    assert_eq!(balances(&pool, "alice").await, (900, 0, 0));
+}
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn a_released_claim_drops_its_request_while_its_batch_neighbours_apply(pool: PgPool) {
+    account(&pool, "alice", 1_000).await;
+    let kept = claim_key(&pool, "kept", Duration::from_secs(30)).await;
+    let released = claim_key(&pool, "released", Duration::from_secs(30)).await;
+    idempotency::release(&pool, &released)
+        .await
+        .expect("release");
+
+    let outcomes = execute_batch(
+        &pool,
+        "alice",
+        &[
+            keyed("alice", charge(10), kept),
+            keyed("alice", charge(20), released),
+            request("alice", charge(30)),
+        ],
+    )
+    .await
+    .expect("batch");
+
+    assert!(outcomes[0].result.is_ok());
+    assert!(outcomes[1].result.is_err() && outcomes[1].stored.is_none());
+    assert!(outcomes[2].result.is_ok());
+    assert_eq!(balances(&pool, "alice").await, (960, 0, 0));
+}
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn amounts_beyond_the_limits_are_refused_and_never_wrap(pool: PgPool) {
+    account(&pool, "alice", 1_000).await;
+    let ledger = Ledger::start(pool.clone(), LedgerConfig::default())
+        .await
+        .expect("ledger");
+
+    for operation in [
+        charge(i64::MAX),
+        Operation::Adjust {
+            amount: i64::MIN,
+            reason: "wrap".into(),
+        },
+        Operation::Adjust {
+            amount: shared::limits::MAX_AMOUNT + 1,
+            reason: "too much".into(),
+        },
+    ] {
+        let outcome = ledger
+            .apply(request("alice", operation.clone()))
+            .await
+            .expect("outcome");
+        assert!(
+            matches!(outcome.result, Err(DomainError::Validation(_))),
+            "{operation:?}: {:?}",
+            outcome.result
+        );
+    }
+    // Credits stop at the largest balance: 1,000 + 999 x MAX_AMOUNT fits, one more does not.
+    let grants: Vec<LedgerRequest> = (0..1_000)
+        .map(|_| {
+            request(
+                "alice",
+                Operation::Adjust {
+                    amount: shared::limits::MAX_AMOUNT,
+                    reason: "grant".into(),
+                },
+            )
+        })
+        .collect();
+    let outcomes = execute_batch(&pool, "alice", &grants).await.expect("batch");
+    assert!(outcomes[..999].iter().all(|outcome| outcome.result.is_ok()));
+    assert!(matches!(
+        outcomes[999].result,
+        Err(DomainError::Validation(_))
+    ));
+    assert_eq!(
+        balances(&pool, "alice").await,
+        (1_000 + 999 * shared::limits::MAX_AMOUNT, 0, 0)
+    );
+    assert_eq!(rows(&pool, "alice", "charge").await, 0);
+}
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn a_request_failing_in_the_database_fails_alone_in_its_batch(pool: PgPool) {
+    account(&pool, "alice", 1_000).await;
+    let ledger = Ledger::start(pool.clone(), LedgerConfig::default())
+        .await
+        .expect("ledger");
+    // Hold the account so the first charge waits and the rest queue up into one batch.
+    let mut blocker = pool.begin().await.expect("begin");
+    sqlx::query("select 1 from credit_accounts where id = 'alice' for update")
+        .execute(&mut *blocker)
+        .await
+        .expect("lock");
+    let first = tokio::spawn({
+        let ledger = ledger.clone();
+        async move { ledger.apply(request("alice", charge(1))).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let poisoned = Operation::Charge {
+        amount: 5,
+        reason: "bad".into(),
+        task_id: None,
+        // PostgreSQL's jsonb cannot store a NUL character: this row fails in the database.
+        metadata: Some(serde_json::json!({"note": "a\u{0}b"})),
+    };
+    let mut queued = Vec::new();
+    for operation in [charge(10), poisoned, charge(100)] {
+        let ledger = ledger.clone();
+        queued.push(tokio::spawn(async move {
+            ledger.apply(request("alice", operation)).await
+        }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    blocker.commit().await.expect("unlock");
+
+    let first = first.await.expect("join").expect("outcome");
+    let mut results = Vec::new();
+    for handle in queued {
+        results.push(handle.await.expect("join").expect("outcome").result);
+    }
+    assert!(first.result.is_ok());
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    assert!(results[1].is_err(), "{:?}", results[1]);
+    assert!(results[2].is_ok(), "{:?}", results[2]);
+    assert_eq!(balances(&pool, "alice").await, (889, 0, 0));
 }
