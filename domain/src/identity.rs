@@ -26,7 +26,7 @@ impl Principal {
 
 /// Creates the user and its empty account when they do not exist yet. Idempotent and safe under
 /// concurrency: two first requests of one `sub` race on `on conflict do nothing`.
-pub async fn provision(pool: &PgPool, principal: &Principal) -> DomainResult<()> {
+pub async fn provision(pool: &PgPool, principal: &Principal) -> DomainResult<bool> {
     let roles: Vec<&str> = principal.roles.iter().map(|role| role.as_str()).collect();
     let mut tx = pool.begin().await?;
     sqlx::query(
@@ -37,6 +37,7 @@ pub async fn provision(pool: &PgPool, principal: &Principal) -> DomainResult<()>
     .bind(&roles)
     .execute(&mut *tx)
     .await?;
+    let mut owned = true;
     if let Some(account_id) = &principal.account_id {
         sqlx::query(
             "insert into credit_accounts (id, owner_id) values ($1, $2) on conflict (id) do nothing",
@@ -45,7 +46,13 @@ pub async fn provision(pool: &PgPool, principal: &Principal) -> DomainResult<()>
         .bind(&principal.user_id)
         .execute(&mut *tx)
         .await?;
+        let owner: String =
+            sqlx::query_scalar("select owner_id from credit_accounts where id = $1")
+                .bind(account_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        owned = owner == principal.user_id;
     }
     tx.commit().await?;
-    Ok(())
+    Ok(owned)
 }

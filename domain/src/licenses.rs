@@ -309,10 +309,14 @@ pub async fn grant(conn: &mut PgConnection, actor: &Actor, grant: Grant) -> Doma
             "resource must be 1-255 characters".into(),
         ));
     }
-    if grant.quota_total.is_some_and(|total| total < 0) {
-        return Err(DomainError::Validation(
-            "quota_total must not be negative".into(),
-        ));
+    if grant
+        .quota_total
+        .is_some_and(|total| !(0..=shared::limits::MAX_QUOTA).contains(&total))
+    {
+        return Err(DomainError::Validation(format!(
+            "quota_total must be between 0 and {}",
+            shared::limits::MAX_QUOTA
+        )));
     }
     if grant
         .valid_until
@@ -376,6 +380,12 @@ pub async fn update(
         check_actions(actions)?;
     }
     let quota_total = change.quota_total.unwrap_or(before.quota_total);
+    if quota_total.is_some_and(|total| total > shared::limits::MAX_QUOTA) {
+        return Err(DomainError::Validation(format!(
+            "quota_total must be at most {}",
+            shared::limits::MAX_QUOTA
+        )));
+    }
     if quota_total.is_some_and(|total| total < before.quota_used) {
         return Err(DomainError::Validation(format!(
             "quota_total cannot go below the {} units already used",

@@ -2,8 +2,8 @@
 //! owning claim, release, purge.
 
 use domain::idempotency::{
-    Claim, Claimed, KeyPolicy, KeyRef, StoredResponse, claim, complete, complete_many,
-    fingerprint, lock_claims, purge_expired, release,
+    Claim, Claimed, KeyPolicy, KeyRef, StoredResponse, claim, complete, complete_many, fingerprint,
+    lock_claims, purge_expired, release,
 };
 use sqlx::PgPool;
 use std::time::Duration;
@@ -87,7 +87,9 @@ async fn keys_are_scoped_to_the_caller_its_account_and_the_route(pool: PgPool) {
     };
 
     let first = acquire(&pool, &key("k"), &body, POLICY).await;
-    complete(&pool, &first, &answer(201)).await.expect("complete");
+    complete(&pool, &first, &answer(201))
+        .await
+        .expect("complete");
     for scoped in [bob, other_account, refund] {
         acquire(&pool, &scoped, &body, POLICY).await;
     }

@@ -2,9 +2,9 @@
 
 use domain::DomainError;
 use domain::audit::Actor;
+use domain::idempotency::{self, Claim, Claimed, KeyPolicy, KeyRef, StoredResponse};
 use domain::identity::{Principal, provision};
 use domain::ledger::store::execute_batch;
-use domain::idempotency::{self, Claim, Claimed, KeyPolicy, KeyRef, StoredResponse};
 use domain::ledger::{Completion, Ledger, LedgerConfig, LedgerRequest, Operation, Render};
 use shared::Role;
 use shared::credits::EntryKind;

@@ -297,7 +297,7 @@ async fn futures_join(
     pool: &PgPool,
     principal: &Principal,
     n: usize,
-) -> Vec<Result<(), domain::DomainError>> {
+) -> Vec<Result<bool, domain::DomainError>> {
     let mut tasks = Vec::new();
     for _ in 0..n {
         let (pool, principal) = (pool.clone(), principal.clone());

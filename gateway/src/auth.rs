@@ -26,6 +26,9 @@ pub struct Claims {
     pub exp: i64,
     /// Issue time, Unix seconds.
     pub iat: i64,
+    /// Not before, Unix seconds (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
     /// The caller's credit account (default: `sub`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_id: Option<String>,
@@ -54,7 +57,12 @@ pub struct TokenKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    /// Longest `exp - iat` accepted and minted, in seconds.
+    max_ttl: i64,
 }
+
+/// Allowance for clocks of the minting host running ahead of this node's, in seconds.
+const CLOCK_SKEW_SECS: i64 = 60;
 
 impl fmt::Debug for TokenKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -92,17 +100,19 @@ pub fn valid_id(id: &str) -> bool {
 }
 
 impl TokenKeys {
-    /// Keys for an HS256 secret.
-    pub fn new(secret: &SecretString) -> Self {
+    /// Keys for an HS256 secret, accepting tokens that live at most `max_ttl`.
+    pub fn new(secret: &SecretString, max_ttl: std::time::Duration) -> Self {
         let bytes = secret.expose_secret().as_bytes();
         let mut validation = Validation::new(Algorithm::HS256);
-        // Tokens are minted by this platform: no clock skew allowance beyond none.
+        // Tokens are minted by this platform: no clock skew allowance on expiry.
         validation.leeway = 0;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub", "iat"]);
         Self {
             encoding: EncodingKey::from_secret(bytes),
             decoding: DecodingKey::from_secret(bytes),
             validation,
+            max_ttl: i64::try_from(max_ttl.as_secs()).unwrap_or(i64::MAX),
         }
     }
 
@@ -120,13 +130,19 @@ impl TokenKeys {
             );
         }
         let now = chrono::Utc::now().timestamp();
-        let ttl = i64::try_from(request.ttl_seconds).unwrap_or(i64::MAX / 2);
+        let ttl = i64::try_from(request.ttl_seconds).unwrap_or(i64::MAX);
+        anyhow::ensure!(
+            (1..=self.max_ttl).contains(&ttl),
+            "the lifetime must be between 1 and {} seconds (HUB_MAX_TOKEN_TTL_SECS)",
+            self.max_ttl
+        );
         let roles: BTreeSet<Role> = request.roles.iter().copied().collect();
         let claims = Claims {
             sub: request.sub.clone(),
             roles: roles.iter().map(|role| role.as_str().to_owned()).collect(),
-            exp: now.saturating_add(ttl),
+            exp: now + ttl,
             iat: now,
+            nbf: None,
             account_id: request.account_id.clone(),
             name: request.name.clone(),
         };
@@ -145,12 +161,38 @@ impl TokenKeys {
     /// Verifies a token and turns its claims into a principal.
     pub fn verify(&self, token: &str) -> Result<(Principal, Claims), TokenError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|error| match error.kind() {
-                ErrorKind::ExpiredSignature => TokenError::Expired,
-                ErrorKind::InvalidSignature => TokenError::Invalid("bad signature".into()),
-                _ => TokenError::Invalid(error.to_string()),
+            .map_err(|error| {
+                // The parser's own words stay in the log: a client learns the category only.
+                tracing::debug!(%error, "token refused");
+                match error.kind() {
+                    ErrorKind::ExpiredSignature => TokenError::Expired,
+                    ErrorKind::InvalidSignature => TokenError::Invalid("bad signature".into()),
+                    ErrorKind::ImmatureSignature => {
+                        TokenError::Invalid("the token is not valid yet (nbf)".into())
+                    }
+                    ErrorKind::MissingRequiredClaim(claim) => {
+                        TokenError::Invalid(format!("the claim `{claim}` is required"))
+                    }
+                    ErrorKind::InvalidAlgorithm => {
+                        TokenError::Invalid("the token must be signed with HS256".into())
+                    }
+                    ErrorKind::Json(_) => TokenError::Invalid("the claims are malformed".into()),
+                    _ => TokenError::Invalid("the token is malformed".into()),
+                }
             })?;
         let claims = data.claims;
+        let now = chrono::Utc::now().timestamp();
+        if claims.iat > now + CLOCK_SKEW_SECS {
+            return Err(TokenError::Invalid(
+                "the token is issued in the future (iat)".into(),
+            ));
+        }
+        if claims.exp.saturating_sub(claims.iat) > self.max_ttl {
+            return Err(TokenError::Invalid(format!(
+                "the token lives longer than the largest lifetime, {} seconds",
+                self.max_ttl
+            )));
+        }
         if !valid_id(&claims.sub) {
             return Err(TokenError::Invalid(
                 "sub must be 1-128 of A-Z a-z 0-9 _ . @ -".into(),
@@ -242,9 +284,10 @@ mod tests {
     use super::*;
 
     fn keys() -> TokenKeys {
-        TokenKeys::new(&SecretString::from(
-            "unit-test-secret-that-is-long-enough-0123",
-        ))
+        TokenKeys::new(
+            &SecretString::from("unit-test-secret-that-is-long-enough-0123"),
+            std::time::Duration::from_secs(86_400),
+        )
     }
 
     fn request(roles: Vec<Role>) -> TokenRequest {
@@ -278,9 +321,10 @@ mod tests {
 
     #[test]
     fn a_token_signed_with_another_secret_is_invalid() {
-        let other = TokenKeys::new(&SecretString::from(
-            "another-secret-that-is-long-enough-0123",
-        ));
+        let other = TokenKeys::new(
+            &SecretString::from("another-secret-that-is-long-enough-0123"),
+            std::time::Duration::from_secs(86_400),
+        );
         let (token, _) = other.mint(&request(vec![Role::User])).expect("mint");
         assert!(matches!(keys().verify(&token), Err(TokenError::Invalid(_))));
     }
@@ -294,6 +338,7 @@ mod tests {
             roles: vec!["user".into()],
             exp: now - 10,
             iat: now - 70,
+            nbf: None,
             account_id: None,
             name: None,
         };
@@ -310,6 +355,7 @@ mod tests {
             roles: vec!["root".into()],
             exp: now + 60,
             iat: now,
+            nbf: None,
             account_id: None,
             name: None,
         };

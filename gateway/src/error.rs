@@ -271,6 +271,9 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             format!("the body is not valid JSON: {error}"),
         )
     })?;
+    if !shared::limits::storable_json(&value) {
+        return Err(invalid_text("the body"));
+    }
     serde_path_to_error::deserialize(value).map_err(|error| {
         let path = error.path().to_string();
         let location = if path == "." {
@@ -284,6 +287,28 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             format!("{location}: {}", error.inner()),
         )
     })
+}
+
+/// 422 `invalid_text`: `place` holds a NUL character, which no text column can store.
+pub fn invalid_text(place: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::InvalidText,
+        format!("{place} contains a NUL character (\\u0000 or %00), which cannot be stored"),
+    )
+}
+
+/// 415 unless a non-empty body is declared JSON: for routes that read the raw bytes (to
+/// fingerprint them for idempotency) before parsing.
+pub fn require_json(headers: &axum::http::HeaderMap, body: &[u8]) -> Result<(), ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) || json_content_type(headers) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ErrorCode::UnsupportedMediaType,
+        "expected a request with `Content-Type: application/json`",
+    ))
 }
 
 fn json_content_type(headers: &axum::http::HeaderMap) -> bool {

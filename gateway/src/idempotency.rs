@@ -56,8 +56,9 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// Reads and claims the request's key. `Err` is the response to send at once: a replay of the
-    /// stored answer, 400 for a missing or malformed key, 409 in flight, 422 reused.
+    /// Reads and claims the request's key. `Err` is the response to send at once: 415 for a body
+    /// not declared JSON (every keyed route takes JSON), a replay of the stored answer, 400 for a
+    /// missing or malformed key, 409 in flight, 422 reused.
     pub async fn begin(
         state: &AppState,
         caller: &Caller,
@@ -66,6 +67,7 @@ impl Guard {
         body: &[u8],
         rule: KeyRule,
     ) -> Result<Guard, Response> {
+        crate::error::require_json(headers, body).map_err(IntoResponse::into_response)?;
         let request_id = caller.request_id.clone().unwrap_or_default();
         let mut guard = Guard {
             state: state.clone(),

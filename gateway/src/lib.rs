@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod error;
 pub mod http_metrics;
+pub mod hygiene;
 pub mod idempotency;
 pub mod license_cache;
 pub mod pagination;
@@ -151,6 +152,7 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
             state.clone(),
             permissions::authorize,
         ))
+        .layer(middleware::from_fn(hygiene::refuse_nul))
         .layer(DefaultBodyLimit::max(state.settings.http.body_limit_bytes))
         .layer(timeout)
         .layer(CatchPanicLayer::new())
@@ -172,5 +174,6 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
             }),
         )
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(middleware::from_fn(hygiene::sanitize_request_id))
         .with_state(state))
 }

@@ -90,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
             name,
             ttl,
         } => {
-            let keys = TokenKeys::new(&settings.jwt_secret()?);
+            let keys = TokenKeys::new(&settings.jwt_secret()?, settings.max_token_ttl());
             let request = TokenRequest {
                 sub,
                 roles,

@@ -131,7 +131,11 @@ async fn check_postgres(state: &AppState) -> Result<(), String> {
     let query = sqlx::query("select 1").execute(&state.db);
     match tokio::time::timeout(CHECK_TIMEOUT, query).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(error)) => Err(format!("unreachable: {error}")),
+        Ok(Err(error)) => {
+            // The driver's words go to the log; the public body names the part only.
+            tracing::warn!(%error, "readiness: PostgreSQL unreachable");
+            Err("unreachable".into())
+        }
         Err(_) => Err("timed out".into()),
     }
 }
@@ -139,8 +143,14 @@ async fn check_postgres(state: &AppState) -> Result<(), String> {
 async fn check_migrations(state: &AppState) -> Result<(), String> {
     match domain::db::pending_migrations(&state.db).await {
         Ok(pending) if pending.is_empty() => Ok(()),
-        Ok(pending) => Err(format!("pending: {pending:?}")),
-        Err(error) => Err(format!("cannot read: {error}")),
+        Ok(pending) => {
+            tracing::warn!(?pending, "readiness: migrations pending");
+            Err(format!("{} pending", pending.len()))
+        }
+        Err(error) => {
+            tracing::warn!(%error, "readiness: cannot read the applied migrations");
+            Err("cannot read".into())
+        }
     }
 }
 
@@ -156,7 +166,10 @@ async fn check_redis(state: &AppState) -> Result<(), String> {
     };
     match tokio::time::timeout(CHECK_TIMEOUT, ping).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(error)) => Err(format!("unreachable: {error}")),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "readiness: Redis unreachable");
+            Err("unreachable".into())
+        }
         Err(_) => Err("timed out".into()),
     }
 }

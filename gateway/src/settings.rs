@@ -35,6 +35,9 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// HS256 secret for bearer tokens (`HUB_JWT_SECRET`), at least 32 bytes.
     pub jwt_secret: Option<SecretString>,
+    /// Longest lifetime (`exp - iat`) a bearer token may have; longer ones are refused (401) and
+    /// `gateway token` will not mint them (`HUB_MAX_TOKEN_TTL_SECS`).
+    pub max_token_ttl_secs: u64,
     /// This node's name in logs, metrics and the realtime `node` field (`HUB_NODE_ID`).
     pub node_id: String,
     /// Dev mode (`HUB_DEV_MODE`): pretty logs, the dev login route, a default JWT secret.
@@ -250,6 +253,7 @@ impl Default for Settings {
             redis_key_prefix: "hub".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             jwt_secret: None,
+            max_token_ttl_secs: 30 * 86_400,
             node_id: default_node_id(),
             dev_mode: false,
             http: HttpSettings::default(),
@@ -318,6 +322,19 @@ impl Settings {
         if self.http.body_limit_bytes == 0 || self.http.request_timeout_ms == 0 {
             bail!("http.body_limit_bytes and http.request_timeout_ms must be positive");
         }
+        if self.max_token_ttl_secs == 0 {
+            bail!("HUB_MAX_TOKEN_TTL_SECS must be positive");
+        }
+        // A live request's claim must never be taken over: the lease outlasts the request timeout
+        // (a timed-out request releases its claim at once; the lease only matters when a node
+        // dies with claims in flight).
+        if self.idempotency.lease_ms <= self.http.request_timeout_ms {
+            bail!(
+                "idempotency.lease_ms ({}) must exceed http.request_timeout_ms ({})",
+                self.idempotency.lease_ms,
+                self.http.request_timeout_ms
+            );
+        }
         if self.database.max_connections == 0 {
             bail!("database.max_connections must be positive");
         }
@@ -353,6 +370,11 @@ impl Settings {
             .as_ref()
             .map(|url| url.expose_secret())
             .context("DATABASE_URL is required (e.g. postgres://postgres@127.0.0.1:5432/hub)")
+    }
+
+    /// The longest token lifetime accepted.
+    pub fn max_token_ttl(&self) -> Duration {
+        Duration::from_secs(self.max_token_ttl_secs)
     }
 
     /// The API request timeout.

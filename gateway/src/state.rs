@@ -47,9 +47,10 @@ pub struct AppState {
     pub authority: Arc<GatewayAuthority>,
     /// Invariant: false until shutdown starts, then true for good.
     pub draining: Arc<AtomicBool>,
-    /// Invariant: every id in it has a `users` row (and its account, unless a service); ids are
-    /// only inserted after their provisioning transaction committed.
-    provisioned: Arc<DashSet<String>>,
+    /// Invariant: every (user, account) pair in it has a `users` row and, unless the account is
+    /// empty (a service), an account that user owns; pairs are only inserted after their
+    /// provisioning transaction committed.
+    provisioned: Arc<DashSet<(String, String)>>,
 }
 
 impl AppState {
@@ -74,7 +75,10 @@ impl AppState {
             .map(|url| redis::Client::open(url.expose_secret()))
             .transpose()
             .context("parsing REDIS_URL")?;
-        let tokens = Arc::new(TokenKeys::new(&settings.jwt_secret()?));
+        let tokens = Arc::new(TokenKeys::new(
+            &settings.jwt_secret()?,
+            settings.max_token_ttl(),
+        ));
         let permissions = Arc::new(PermissionMatrix::builtin()?);
         let ledger = Ledger::start(db.clone(), settings.ledger.config()).await?;
         let license_cache = LicenseCache::new(redis.clone(), &settings.redis_key_prefix);
@@ -124,20 +128,31 @@ impl AppState {
     }
 
     /// Creates the caller's user and account the first time this node sees them.
+    /// A token naming an account another user owns is refused (403): the `account_id` claim is
+    /// honoured only for the user's own accounts.
     pub async fn provision(&self, principal: &Principal) -> Result<(), ApiError> {
-        if self.provisioned.contains(&principal.user_id) {
+        let cache_key = (
+            principal.user_id.clone(),
+            principal.account_id.clone().unwrap_or_default(),
+        );
+        if self.provisioned.contains(&cache_key) {
             return Ok(());
         }
-        domain::identity::provision(&self.db, principal)
+        let owned = domain::identity::provision(&self.db, principal)
             .await
             .map_err(|error| match error {
                 DomainError::Database(source) => database_error(source),
                 other => ApiError::from(other),
             })?;
+        if !owned {
+            return Err(ApiError::forbidden(
+                "the token's account_id names an account its user does not own",
+            ));
+        }
         if self.provisioned.len() >= PROVISIONED_CACHE_LIMIT {
             self.provisioned.clear();
         }
-        self.provisioned.insert(principal.user_id.clone());
+        self.provisioned.insert(cache_key);
         Ok(())
     }
 }

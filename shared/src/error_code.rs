@@ -24,6 +24,8 @@ pub enum ErrorCode {
     InvalidBody,
     /// A field failed a business validation rule.
     ValidationFailed,
+    /// Text PostgreSQL cannot store (a NUL character) in a body, path or query.
+    InvalidText,
     /// The body is not `application/json`.
     UnsupportedMediaType,
     /// The body exceeds the configured size limit.
@@ -90,6 +92,7 @@ impl ErrorCode {
             ErrorCode::MalformedJson => "malformed_json",
             ErrorCode::InvalidBody => "invalid_body",
             ErrorCode::ValidationFailed => "validation_failed",
+            ErrorCode::InvalidText => "invalid_text",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::InvalidPath => "invalid_path",
@@ -128,6 +131,7 @@ impl ErrorCode {
             ErrorCode::MalformedJson => "Malformed JSON",
             ErrorCode::InvalidBody => "Invalid request body",
             ErrorCode::ValidationFailed => "Validation failed",
+            ErrorCode::InvalidText => "Invalid text",
             ErrorCode::UnsupportedMediaType => "Unsupported media type",
             ErrorCode::PayloadTooLarge => "Payload too large",
             ErrorCode::InvalidPath => "Invalid path parameter",

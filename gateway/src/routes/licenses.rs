@@ -156,18 +156,18 @@ pub async fn consume(
         .run_tx(StatusCode::OK, |mut tx: Tx| async move {
             let result = async {
                 let request: ConsumeLicense = crate::error::parse_json(&body)?;
-                if request.units <= 0 || request.units > 1_000_000_000 {
-                    return Err(ApiError::validation(
-                        "units must be between 1 and 1000000000",
-                    ));
+                if !(1..=shared::limits::MAX_UNITS).contains(&request.units) {
+                    return Err(ApiError::validation(format!(
+                        "units must be between 1 and {}",
+                        shared::limits::MAX_UNITS
+                    )));
                 }
                 let license = domain::licenses::get(&mut tx, id).await?;
                 if license.subject_id != caller_ref.principal.user_id
                     && !caller_ref.has_scope("licenses:consume:any")
                 {
-                    return Err(ApiError::forbidden(
-                        "consuming another subject's license needs `licenses:consume:any`",
-                    ));
+                    // Like reading it: another subject's license does not exist for this caller.
+                    return Err(ApiError::not_found("license not found"));
                 }
                 domain::licenses::consume(&mut tx, &actor, id, request.units)
                     .await

@@ -9,7 +9,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use domain::ledger::Applied;
 use domain::tasks::{self, EventInput, TaskFilter, TaskRecord};
 use serde::Deserialize;
@@ -180,7 +180,9 @@ fn parse_task_cursor(cursor: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
         .strip_prefix(CURSOR_PREFIX)
         .and_then(|rest| rest.split_once('.'))
         .and_then(|(micros, id)| {
-            let at = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+            // Only times this server could have issued: PostgreSQL refuses years past 294276.
+            let at = DateTime::from_timestamp_micros(micros.parse().ok()?)
+                .filter(|at| (2000..=9999).contains(&at.year()))?;
             Some((at, Uuid::parse_str(id).ok()?))
         })
         .ok_or_else(|| invalid_query("cursor is not one this server issued"))

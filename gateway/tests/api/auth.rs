@@ -17,6 +17,7 @@ fn claims(roles: &[&str], exp_offset: i64) -> Claims {
         roles: roles.iter().map(|role| role.to_string()).collect(),
         exp: now + exp_offset,
         iat: now - 1,
+        nbf: None,
         account_id: None,
         name: None,
     }
@@ -60,9 +61,10 @@ async fn a_malformed_token_is_401_token_invalid(db: PgPool) {
 #[sqlx::test(migrator = "domain::db::MIGRATOR")]
 async fn a_token_signed_with_another_secret_is_401_token_invalid(db: PgPool) {
     let app = spawn_app(db).await;
-    let forger = TokenKeys::new(&SecretString::from(
-        "a-completely-different-secret-0123456789",
-    ));
+    let forger = TokenKeys::new(
+        &SecretString::from("a-completely-different-secret-0123456789"),
+        std::time::Duration::from_secs(86_400),
+    );
     let request = TokenRequest {
         sub: "mallory".into(),
         roles: vec![Role::Admin],
@@ -136,6 +138,7 @@ async fn the_first_request_provisions_the_user_and_the_account_named_by_the_toke
         roles: vec!["creator".into()],
         exp: now + 60,
         iat: now,
+        nbf: None,
         account_id: Some("studio-9".into()),
         name: Some("Erin K.".into()),
     });

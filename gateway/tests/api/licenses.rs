@@ -329,7 +329,8 @@ async fn subjects_see_and_consume_only_their_own_licenses(db: PgPool) {
             &json!({"units": 1}),
         )
         .await;
-    assert_problem(foreign_consume, StatusCode::FORBIDDEN, "forbidden").await;
+    // Like reading it: another subject's license does not exist for this caller.
+    assert_problem(foreign_consume, StatusCode::NOT_FOUND, "not_found").await;
 
     let by_service = check(
         &app,

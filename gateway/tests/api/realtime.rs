@@ -254,6 +254,7 @@ async fn an_expired_token_gets_error_109_so_the_client_can_refresh(db: PgPool) {
         roles: vec!["user".into()],
         exp: now - 5,
         iat: now - 60,
+        nbf: None,
         account_id: None,
         name: None,
     });
@@ -289,6 +290,7 @@ async fn a_session_whose_token_expires_without_refresh_is_closed_with_3005(db: P
         roles: vec!["user".into()],
         exp: now + 2,
         iat: now,
+        nbf: None,
         account_id: None,
         name: None,
     });

@@ -174,6 +174,7 @@ async fn the_sdk_refreshes_an_expiring_token_and_its_session_lives_on(db: PgPool
         roles: vec!["user".into()],
         exp: now + 3,
         iat: now,
+        nbf: None,
         account_id: None,
         name: None,
     });
