@@ -12,6 +12,7 @@ pub mod permissions;
 pub mod problem;
 pub mod readiness;
 pub mod realtime;
+pub mod refusals;
 pub mod routes;
 pub mod settings;
 pub mod shutdown;

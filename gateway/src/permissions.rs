@@ -245,11 +245,16 @@ pub async fn authorize(
             .iter()
             .map(|role| role.as_str())
             .collect();
-        return ApiError::forbidden(format!(
+        let error = ApiError::forbidden(format!(
             "role(s) {} lack the scope `{scope}` this route needs",
             roles.join(", ")
-        ))
-        .into_response();
+        ));
+        if let Some(action) = crate::refusals::sensitive_action(request.method(), matched.as_str())
+        {
+            let target = ("route", Some(matched.as_str()));
+            crate::refusals::record_for(&state, &caller, action, target, &error).await;
+        }
+        return error.into_response();
     }
     request.extensions_mut().insert(caller);
     next.run(request).await

@@ -8,7 +8,7 @@ use crate::pagination::{PageParams, cursor_after};
 use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use domain::ledger::{Applied, LedgerRequest, Operation};
@@ -50,7 +50,14 @@ where
     };
     let prepared = match prepare(body).await {
         Ok(prepared) => prepared,
-        Err(error) => return guard.refuse(error).await,
+        Err(error) => {
+            let path = route.trim_start_matches("POST ");
+            if let Some(action) = crate::refusals::sensitive_action(&Method::POST, path) {
+                let target = ("credit_account", None);
+                crate::refusals::record_for(state, caller, action, target, &error).await;
+            }
+            return guard.refuse(error).await;
+        }
     };
     let request = LedgerRequest {
         account_id: prepared.account_id,

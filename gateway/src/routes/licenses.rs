@@ -201,6 +201,7 @@ pub async fn grant(
     let route = "POST /api/v1/licenses";
     let actor = caller.actor();
     let raw = body.clone();
+    let state_ref = &state;
     let guard = match Guard::begin(&state, &caller, &headers, route, &raw, KeyRule::Optional).await
     {
         Ok(guard) => guard,
@@ -226,6 +227,16 @@ pub async fn grant(
                     .map_err(ApiError::from)
             }
             .await;
+            if let Err(error) = &result {
+                crate::refusals::record(
+                    state_ref,
+                    &actor,
+                    "license.grant",
+                    ("license", None),
+                    error,
+                )
+                .await;
+            }
             (tx, result)
         })
         .await;
@@ -254,15 +265,28 @@ pub async fn update(
     Path(id): Path<Uuid>,
     Json(change): Json<UpdateLicense>,
 ) -> ApiResult<Json<License>> {
-    let mut tx = state
-        .db
-        .begin()
-        .await
-        .map_err(crate::error::database_error)?;
-    let license = domain::licenses::update(&mut tx, &caller.actor(), id, &change)
-        .await
-        .map_err(ApiError::from)?;
-    tx.commit().await.map_err(crate::error::database_error)?;
+    let updated = async {
+        let mut tx = state
+            .db
+            .begin()
+            .await
+            .map_err(crate::error::database_error)?;
+        let license = domain::licenses::update(&mut tx, &caller.actor(), id, &change)
+            .await
+            .map_err(ApiError::from)?;
+        tx.commit().await.map_err(crate::error::database_error)?;
+        Ok::<_, ApiError>(license)
+    }
+    .await;
+    let license = match updated {
+        Ok(license) => license,
+        Err(error) => {
+            let target = ("license", Some(id.to_string()));
+            let target = (target.0, target.1.as_deref());
+            crate::refusals::record_for(&state, &caller, "license.update", target, &error).await;
+            return Err(error);
+        }
+    };
     state
         .license_cache
         .invalidate(&license.subject_id, &license.resource)

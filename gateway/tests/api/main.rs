@@ -9,6 +9,7 @@ mod credits;
 mod errors;
 mod helpers;
 mod licenses;
+mod money_safety;
 mod operations;
 mod permission_matrix;
 mod realtime;
