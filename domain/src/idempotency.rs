@@ -35,6 +35,11 @@ pub struct StoredResponse {
     pub body: Vec<u8>,
 }
 
+/// Turns an act's result into the HTTP response stored with its key. Supplied by the gateway,
+/// which owns the wire shapes and the mapping of errors to statuses and problem bodies.
+pub type Render<T> =
+    std::sync::Arc<dyn Fn(Result<&T, &DomainError>) -> StoredResponse + Send + Sync>;
+
 /// A key this request owns: the key and the token of its claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claimed {
@@ -289,6 +294,27 @@ pub async fn complete(
 ) -> DomainResult<()> {
     let mut conn = pool.acquire().await?;
     complete_many(&mut conn, &[(claim, response)]).await
+}
+
+/// The answer `claim` itself completed its key with, if it did: for a caller that learns its
+/// outcome only as an error after the act's own transaction stored the answer.
+pub async fn stored_by(pool: &PgPool, claim: &Claimed) -> DomainResult<Option<StoredResponse>> {
+    let row = sqlx::query(
+        "select response_status, response_body from idempotency_keys \
+         where caller_id = $1 and account_id = $2 and route = $3 and key = $4 \
+           and owner_token = $5 and status = 'completed'",
+    )
+    .bind(&claim.key.caller_id)
+    .bind(&claim.key.account_id)
+    .bind(&claim.key.route)
+    .bind(&claim.key.key)
+    .bind(claim.token)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|row| StoredResponse {
+        status: u16::try_from(row.get::<i16, _>("response_status")).unwrap_or(500),
+        body: row.get("response_body"),
+    }))
 }
 
 /// Gives a claim up after a transient failure or an abandoned request, so a retry can run. Only

@@ -254,8 +254,7 @@ pub struct EventOutcome {
 
 /// Renders an applied event as the response stored with its idempotency key (supplied by the
 /// gateway, which owns the wire shape and the error mapping).
-pub type RenderEvent =
-    Arc<dyn Fn(Result<&TaskChange, &DomainError>) -> StoredResponse + Send + Sync>;
+pub type RenderEvent = idempotency::Render<TaskChange>;
 
 /// The idempotency claim an event completes in its own transaction, and how to render it.
 #[derive(Clone)]

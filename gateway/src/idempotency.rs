@@ -153,6 +153,10 @@ impl Guard {
         let stored = render_problem(&error, &self.request_id);
         match idempotency::complete(&self.state.db, &claim, &stored).await {
             Ok(()) => stored_response(stored, false),
+            // The act's own transaction already stored this refusal (a ledger batch does).
+            Err(_) if let Ok(Some(own)) = idempotency::stored_by(&self.state.db, &claim).await => {
+                stored_response(own, false)
+            }
             Err(store_error) => {
                 tracing::warn!(error = %store_error, "cannot store a refusal; releasing the key");
                 release(&self.state, &claim).await;
@@ -339,7 +343,7 @@ pub fn render_with<T: 'static>(
     request_id: &str,
     status: StatusCode,
     body: fn(&T) -> Vec<u8>,
-) -> Arc<dyn Fn(Result<&T, &DomainError>) -> StoredResponse + Send + Sync> {
+) -> idempotency::Render<T> {
     let request_id = request_id.to_owned();
     Arc::new(move |result: Result<&T, &DomainError>| match result {
         Ok(value) => StoredResponse {

@@ -72,8 +72,9 @@ pub enum TaskMsg {
         input: EventInput,
         /// Who posted it.
         caller: Caller,
-        /// The idempotency claim to complete with the event, if the request had a key.
-        completion: Option<EventCompletion>,
+        /// The idempotency claim to complete with the event, if the request had a key (boxed:
+        /// it is large and most events carry none).
+        completion: Option<Box<EventCompletion>>,
         /// The answer.
         reply: RpcReplyPort<DomainResult<EventOutcome>>,
     },
@@ -125,7 +126,7 @@ impl Tasks {
                     |reply| TaskMsg::Event {
                         input: input.clone(),
                         caller: caller.clone(),
-                        completion: completion.clone(),
+                        completion: completion.clone().map(Box::new),
                         reply,
                     },
                     None,
@@ -329,7 +330,7 @@ impl Actor for TaskActor {
                     &state.record,
                     input,
                     &writer,
-                    completion,
+                    completion.map(|completion| *completion),
                 )
                 .await;
                 let outcome = match &result {

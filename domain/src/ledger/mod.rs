@@ -12,7 +12,6 @@ use crate::tasks::{TaskChange, TaskWrite};
 use shared::credits::LedgerEntry;
 use shared::session::Balance;
 use std::fmt;
-use std::sync::Arc;
 use uuid::Uuid;
 
 pub use actor::{Ledger, LedgerConfig};
@@ -121,7 +120,7 @@ impl Operation {
 
 /// Turns an operation's result into the HTTP response stored with its idempotency key. Supplied
 /// by the gateway, which owns the mapping of errors to statuses and problem bodies.
-pub type Render = Arc<dyn Fn(Result<&Applied, &DomainError>) -> StoredResponse + Send + Sync>;
+pub type Render = crate::idempotency::Render<Applied>;
 
 /// The idempotency key to complete in the operation's transaction, and how to render the answer.
 #[derive(Clone)]
