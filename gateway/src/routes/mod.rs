@@ -6,6 +6,7 @@ pub mod credits;
 pub mod dev;
 pub mod licenses;
 pub mod ops;
+pub mod pricing;
 pub mod sessions;
 pub mod tasks;
 
@@ -67,6 +68,8 @@ pub fn all(dev_mode: bool) -> OpenApiRouter<AppState> {
         .routes(routes!(licenses::grant))
         .routes(routes!(licenses::get, licenses::update))
         .routes(routes!(licenses::consume))
+        .routes(routes!(pricing::list, pricing::create))
+        .routes(routes!(pricing::get, pricing::update))
         .routes(routes!(tasks::create, tasks::list))
         .routes(routes!(tasks::get))
         .routes(routes!(tasks::post_event, tasks::events))

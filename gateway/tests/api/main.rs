@@ -13,6 +13,7 @@ mod licenses;
 mod money_safety;
 mod operations;
 mod permission_matrix;
+mod pricing;
 mod realtime;
 mod sdk;
 mod sessions;
