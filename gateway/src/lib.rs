@@ -137,7 +137,8 @@ async fn purge_idempotency_keys(state: AppState, shutdown: CancellationToken) {
 
 /// The full router: routes, permission enforcement, limits, telemetry, problem+json.
 pub fn router(state: AppState) -> anyhow::Result<Router> {
-    let (routes, openapi) = routes::all(state.settings.dev_mode).split_for_parts();
+    let (routes, mut openapi) = routes::all(state.settings.dev_mode).split_for_parts();
+    routes::contract::complete(&mut openapi);
     let document = OpenApiDocument(Arc::from(
         openapi.to_pretty_json().context("serializing OpenAPI")?,
     ));

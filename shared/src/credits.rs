@@ -88,12 +88,16 @@ pub struct LedgerEntry {
 #[serde(deny_unknown_fields)]
 pub struct ChargeRequest {
     /// The account to charge (default: the caller's own).
+    #[schema(pattern = "^[A-Za-z0-9_.@-]{1,128}$")]
     pub account_id: Option<String>,
-    /// Credits to take, > 0.
+    /// Credits to take, 1 to 10^12.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
     pub amount: i64,
     /// Why (shown in the ledger), 1-500 characters.
+    #[schema(min_length = 1, max_length = 500, pattern = "\\S")]
     pub reason: String,
     /// The task the charge is for.
+    #[schema(format = Uuid)]
     pub task_id: Option<String>,
     /// Free-form JSON kept with the entry.
     #[schema(value_type = Option<Object>)]
@@ -105,10 +109,13 @@ pub struct ChargeRequest {
 #[serde(deny_unknown_fields)]
 pub struct RefundRequest {
     /// The charge to refund.
+    #[schema(minimum = 1)]
     pub charge_entry_id: i64,
-    /// Credits to return, > 0; all refunds of a charge never exceed it.
+    /// Credits to return, 1 to 10^12; all refunds of a charge never exceed it.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
     pub amount: i64,
     /// Why, 1-500 characters (required).
+    #[schema(min_length = 1, max_length = 500, pattern = "\\S")]
     pub reason: String,
 }
 
@@ -117,10 +124,13 @@ pub struct RefundRequest {
 #[serde(deny_unknown_fields)]
 pub struct AdjustRequest {
     /// The account to adjust.
+    #[schema(pattern = "^[A-Za-z0-9_.@-]{1,128}$")]
     pub account_id: String,
-    /// Credits to grant (> 0) or remove (< 0; never below zero).
+    /// Credits to grant (> 0) or remove (< 0; never below zero), at most 10^12 in size, not 0.
+    #[schema(minimum = -1_000_000_000_000_i64, maximum = 1_000_000_000_000_i64)]
     pub amount: i64,
     /// Why, 1-500 characters (required).
+    #[schema(min_length = 1, max_length = 500, pattern = "\\S")]
     pub reason: String,
 }
 
@@ -144,8 +154,10 @@ pub struct AccountBalance {
 #[serde(deny_unknown_fields)]
 pub struct EstimateRequest {
     /// The task type priced.
+    #[schema(pattern = "^[a-z][a-z0-9_.-]{0,63}$")]
     pub task_type: String,
-    /// Units of work, > 0.
+    /// Units of work, 1 to 10^9.
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     pub units: i64,
     /// Task parameters (kept for future pricing dimensions).
     #[schema(value_type = Option<Object>)]

@@ -115,17 +115,28 @@ pub struct LicenseCheck {
     pub violation_code: Option<Violation>,
 }
 
+/// An action name: 1-64 of lowercase letters, digits and `_ . - :` (the schema of an item of
+/// `actions`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(transparent)]
+#[schema(value_type = String, pattern = "^[a-z0-9_.:-]{1,64}$")]
+pub struct ActionName(pub String);
+
 /// `POST /licenses`.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrantLicense {
     /// The user granted to.
+    #[schema(pattern = "^[A-Za-z0-9_.@-]{1,128}$")]
     pub subject_id: String,
-    /// The resource.
+    /// The resource, 1-255 bytes.
+    #[schema(min_length = 1, max_length = 255)]
     pub resource: String,
-    /// Actions granted (at least one).
+    /// Actions granted: 1-32 names of lowercase letters, digits and `_ . - :`.
+    #[schema(value_type = Vec<ActionName>, min_items = 1, max_items = 32)]
     pub actions: Vec<String>,
-    /// Total quota; omitted or null means unlimited.
+    /// Total quota, 0 to 10^12; omitted or null means unlimited.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub quota_total: Option<i64>,
     /// Start of validity (default now).
     pub valid_from: Option<DateTime<Utc>>,
@@ -148,7 +159,8 @@ pub struct UpdateLicense {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<DateTime<Utc>>)]
     pub valid_until: Option<Option<DateTime<Utc>>>,
-    /// New action list (at least one).
+    /// New action list (1-32 names).
+    #[schema(value_type = Option<Vec<ActionName>>, min_items = 1, max_items = 32)]
     pub actions: Option<Vec<String>>,
 }
 
@@ -156,7 +168,8 @@ pub struct UpdateLicense {
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumeLicense {
-    /// Quota units to use (> 0).
+    /// Quota units to use, 1 to 10^9.
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     pub units: i64,
 }
 

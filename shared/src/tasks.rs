@@ -104,8 +104,10 @@ pub struct Task {
 #[serde(deny_unknown_fields)]
 pub struct CreateTaskRequest {
     /// Kind of work; must have an active price rule.
+    #[schema(pattern = "^[a-z][a-z0-9_.-]{0,63}$")]
     pub task_type: String,
-    /// Units to order (> 0).
+    /// Units to order, 1 to 10^9.
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     pub units: i64,
     /// Free-form parameters (a JSON object, at most 16 KiB).
     #[schema(value_type = Option<Object>)]
@@ -155,11 +157,14 @@ pub struct TaskEventRequest {
     /// The new status (`kind: state`).
     pub state: Option<TaskStatus>,
     /// Progress in percent, 0-100.
+    #[schema(minimum = 0, maximum = 100)]
     pub progress: Option<i16>,
     /// Units actually used (`state: succeeded`; defaults to the units ordered). The actual cost is
-    /// the estimate scaled by `actual_units / units`, rounded up.
+    /// the estimate scaled by `actual_units / units`, rounded up; 0 to 10^9.
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub actual_units: Option<i64>,
     /// A human-readable note (at most 1000 characters).
+    #[schema(max_length = 1000)]
     pub message: Option<String>,
     /// Free-form JSON passed to subscribers (at most 16 KiB).
     #[schema(value_type = Option<Object>)]

@@ -2,28 +2,33 @@
 //! audit trail. Reading it is itself a sensitive act and is audited (`audit.read`).
 
 use crate::auth::Caller;
-use crate::error::{ApiResult, Json, Path, Query, database_error};
+use crate::error::{ApiError, ApiResult, Json, Path, Query, database_error};
 use crate::pagination::{PageParams, cursor_after};
 use crate::state::AppState;
 use axum::extract::State;
+use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use domain::audit::{AuditEntry, AuditFilter, AuditRecord, Outcome};
 use serde::Deserialize;
-use shared::Problem;
 use shared::page::Page;
+use shared::{ErrorCode, Problem};
 
 /// Filters of the audit listing.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Only this actor.
+    #[param(max_length = 255)]
     pub actor_id: Option<String>,
     /// Only this action (e.g. `credits.refund`).
+    #[param(max_length = 255)]
     pub action: Option<String>,
     /// From this time, RFC 3339 (inclusive).
     pub from: Option<DateTime<Utc>>,
     /// Up to this time, RFC 3339 (exclusive).
     pub to: Option<DateTime<Utc>>,
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -45,6 +50,14 @@ pub async fn list(
         cursor: query.cursor.clone(),
     };
     let limit = page.limit()?;
+    let too_long = |value: &Option<String>| value.as_ref().is_some_and(|value| value.len() > 255);
+    if too_long(&query.actor_id) || too_long(&query.action) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidQuery,
+            "actor_id and action are at most 255 bytes",
+        ));
+    }
     let filter = AuditFilter {
         actor_id: query.actor_id.clone(),
         action: query.action.clone(),
@@ -81,7 +94,7 @@ pub async fn list(
 
 /// One access audit row.
 #[utoipa::path(get, path = "/api/v1/audit/access-logs/{id}", tag = "audit", security(("bearer" = [])),
-    params(("id" = i64, Path, description = "Audit row id")),
+    params(("id" = i64, Path, description = "Audit row id", minimum = 1)),
     responses(
         (status = 200, body = serde_json::Value),
         (status = 400, body = Problem, content_type = "application/problem+json"),

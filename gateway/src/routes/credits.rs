@@ -141,6 +141,7 @@ fn target_account(
     responses(
         (status = 201, body = LedgerEntry),
         (status = 402, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub async fn charge(
@@ -250,8 +251,10 @@ pub async fn adjust(
 
 /// `?account_id=` (default: the caller's own).
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct BalanceQuery {
     /// The account; another's needs `credits:read:any`.
+    #[param(pattern = "^[A-Za-z0-9_.@-]{1,128}$")]
     pub account_id: Option<String>,
 }
 
@@ -279,14 +282,17 @@ pub async fn balance(
 
 /// `?account_id=&from=&to=&limit=&cursor=`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LedgerQuery {
     /// The account; another's needs `credits:read:any`.
+    #[param(pattern = "^[A-Za-z0-9_.@-]{1,128}$")]
     pub account_id: Option<String>,
     /// From this time, RFC 3339 (inclusive).
     pub from: Option<DateTime<Utc>>,
     /// Up to this time, RFC 3339 (exclusive).
     pub to: Option<DateTime<Utc>>,
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -343,6 +349,7 @@ pub async fn estimate(
             "units must be between 1 and {MAX_UNITS}"
         )));
     }
+    domain::tasks::check_json(request.params.as_ref(), "params")?;
     let at = request.at.unwrap_or_else(Utc::now);
     let estimate =
         domain::pricing::estimate(&state.db, &request.task_type, request.units, at).await?;

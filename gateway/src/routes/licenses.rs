@@ -18,12 +18,16 @@ use uuid::Uuid;
 
 /// `?resource=&action=&subject_id=`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CheckQuery {
     /// The resource, e.g. `model:portrait-v2`.
+    #[param(min_length = 1, max_length = 255)]
     pub resource: String,
     /// The action, e.g. `generate`.
+    #[param(pattern = "^[a-z0-9_.:-]{1,64}$")]
     pub action: String,
     /// Whose license (default: the caller); another's needs `licenses:check:any`.
+    #[param(pattern = "^[A-Za-z0-9_.@-]{1,128}$")]
     pub subject_id: Option<String>,
 }
 
@@ -58,15 +62,16 @@ pub async fn check(
     Query(query): Query<CheckQuery>,
 ) -> ApiResult<Json<LicenseCheck>> {
     let subject = subject_for(&caller, query.subject_id.as_deref(), "licenses:check:any")?;
-    if query.resource.is_empty()
-        || query.resource.len() > 255
-        || query.action.is_empty()
-        || query.action.len() > 64
-    {
+    let action_ok = (1..=64).contains(&query.action.len())
+        && query
+            .action
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-:".contains(&b));
+    if query.resource.is_empty() || query.resource.len() > 255 || !action_ok {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             ErrorCode::InvalidQuery,
-            "resource (1-255 characters) and action (1-64) are required",
+            "resource (1-255 bytes) and action (1-64 of a-z 0-9 _ . - :) are required",
         ));
     }
     let (resource, action) = (query.resource.as_str(), query.action.as_str());
@@ -106,7 +111,7 @@ pub async fn check(
 
 /// One license: its subject may read it; others need `licenses:check:any`.
 #[utoipa::path(get, path = "/api/v1/licenses/{id}", tag = "licenses", security(("bearer" = [])),
-    params(("id" = String, Path, description = "License id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "License id")),
     responses(
         (status = 200, body = License),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
@@ -131,7 +136,7 @@ pub async fn get(
 /// rest get 409 `quota_exhausted`. Consuming another subject's license needs
 /// `licenses:consume:any`. Accepts `Idempotency-Key`.
 #[utoipa::path(post, path = "/api/v1/licenses/{id}/consume", tag = "licenses", security(("bearer" = [])),
-    params(("id" = String, Path, description = "License id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "License id")),
     request_body = ConsumeLicense,
     responses(
         (status = 200, body = License),
@@ -253,7 +258,7 @@ pub async fn grant(
 /// `authorization_logs`, audited as `license.{suspend,resume,revoke,quota_change,update}`; every
 /// node sees the change on its next check.
 #[utoipa::path(patch, path = "/api/v1/licenses/{id}", tag = "licenses", security(("bearer" = [])),
-    params(("id" = String, Path, description = "License id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "License id")),
     request_body = UpdateLicense,
     responses(
         (status = 200, body = License),

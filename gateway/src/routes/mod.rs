@@ -2,6 +2,7 @@
 //! from the same registrations as the router and cannot drift from it.
 
 pub mod audit;
+pub mod contract;
 pub mod credits;
 pub mod dev;
 pub mod licenses;

@@ -138,7 +138,7 @@ async fn create_free(
 
 /// One task: its owner, or callers with `tasks:read:any` (a foreign task reads as 404).
 #[utoipa::path(get, path = "/api/v1/tasks/{id}", tag = "tasks", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Task id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "Task id")),
     responses(
         (status = 200, body = Task),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
@@ -152,12 +152,15 @@ pub async fn get(
 
 /// `?status=&owner_id=&limit=&cursor=`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only tasks in this status.
     pub status: Option<TaskStatus>,
     /// Only this owner's tasks (another's needs `tasks:read:any`; without it, the caller's own).
+    #[param(pattern = "^[A-Za-z0-9_.@-]{1,128}$")]
     pub owner_id: Option<String>,
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -210,6 +213,13 @@ pub async fn list(
     Query(query): Query<ListQuery>,
 ) -> ApiResult<Json<Page<Task>>> {
     let limit = page_limit(query.limit)?;
+    if query
+        .owner_id
+        .as_deref()
+        .is_some_and(|owner| !crate::auth::valid_id(owner))
+    {
+        return Err(invalid_query("owner_id is not a valid id"));
+    }
     let any = caller.has_scope("tasks:read:any");
     let owner_id = match query.owner_id {
         Some(owner) if owner != caller.principal.user_id && !any => {
@@ -243,7 +253,7 @@ pub async fn list(
 /// supplementary deduction above the hold; release on failure or cancel). The event is numbered,
 /// stored, audited and published on `task:{id}` and `user:{owner}`. Accepts `Idempotency-Key`.
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/events", tag = "tasks", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Task id (UUID)"),
+    params(("id" = uuid::Uuid, Path, description = "Task id"),
         ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters")),
     request_body = TaskEventRequest,
     responses(
@@ -308,7 +318,7 @@ async fn apply_event(
 /// Cancels a queued or running task and releases its hold: its owner, or callers with
 /// `tasks:cancel:any`. A finished task → 409 `invalid_transition`. Accepts `Idempotency-Key`.
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/cancel", tag = "tasks", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Task id (UUID)"),
+    params(("id" = uuid::Uuid, Path, description = "Task id"),
         ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters")),
     request_body(content = Option<CancelTaskRequest>, description = "optional `{reason}`"),
     responses(
@@ -358,18 +368,21 @@ pub async fn cancel(
 
 /// `?after_seq=&limit=`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Events after this sequence number (default 0: from the start).
+    #[param(minimum = 0)]
     pub after_seq: Option<i64>,
     /// At most this many, 1 to 500 (default 50); continue from the last `seq` while it is below
     /// `last_seq`.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
 }
 
 /// A task's stored events after `after_seq`, oldest first: what a client that fell further behind
 /// than the channel history reads to catch up.
 #[utoipa::path(get, path = "/api/v1/tasks/{id}/events", tag = "tasks", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Task id (UUID)"), EventsQuery),
+    params(("id" = uuid::Uuid, Path, description = "Task id"), EventsQuery),
     responses(
         (status = 200, body = TaskEvents),
         (status = 404, body = Problem, content_type = "application/problem+json")))]

@@ -153,3 +153,116 @@ async fn the_openapi_document_is_3_1_and_describes_the_api(db: PgPool) {
     assert!(document["components"]["securitySchemes"]["bearer"].is_object());
     assert!(document["components"]["schemas"]["Problem"].is_object());
 }
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn the_openapi_document_declares_parameters_answers_and_constraints_truthfully(db: PgPool) {
+    let app = spawn_app(db).await;
+    let document: Value = app
+        .get("/api/v1/openapi.json", None)
+        .await
+        .json()
+        .await
+        .expect("json");
+
+    let paths = document["paths"].as_object().expect("paths");
+    let mut operations = 0;
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().expect("path item") {
+            operations += 1;
+            let name = format!("{} {path}", method.to_uppercase());
+            let parameters = operation["parameters"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            for parameter in &parameters {
+                let (param, place) = (
+                    parameter["name"].as_str().expect("name"),
+                    parameter["in"].as_str().expect("in"),
+                );
+                // A path parameter names a segment of the path; everything else is elsewhere.
+                assert_eq!(
+                    place == "path",
+                    path.contains(&format!("{{{param}}}")),
+                    "{name}: `{param}` is declared in {place}"
+                );
+            }
+            if !path.starts_with("/api/") {
+                continue;
+            }
+            let responses = operation["responses"].as_object().expect("responses");
+            let mut expected = vec!["408", "422", "503"];
+            if operation["security"]
+                .as_array()
+                .is_some_and(|s| !s.is_empty())
+            {
+                expected.extend(["401", "403", "429"]);
+            }
+            if operation["requestBody"].is_object() {
+                expected.extend(["400", "413", "415"]);
+            }
+            if path.contains('{') {
+                expected.extend(["400", "404"]);
+            }
+            for status in expected {
+                let answer = &responses
+                    .get(status)
+                    .unwrap_or_else(|| panic!("{name} does not list {status}"));
+                assert!(
+                    answer["content"]["application/problem+json"].is_object(),
+                    "{name} {status} is not problem+json"
+                );
+            }
+        }
+    }
+    assert!(operations > 30, "{operations} operations");
+
+    // The Idempotency-Key is required where the API requires it, with its shape.
+    for path in [
+        "/api/v1/credits/charge",
+        "/api/v1/credits/refund",
+        "/api/v1/credits/adjust",
+    ] {
+        let parameters = document["paths"][path]["post"]["parameters"]
+            .as_array()
+            .expect("parameters");
+        let key = parameters
+            .iter()
+            .find(|p| p["name"] == "Idempotency-Key")
+            .expect("Idempotency-Key");
+        assert_eq!(key["in"], "header");
+        assert_eq!(key["required"], true, "{path}");
+        assert!(key["schema"]["pattern"].is_string(), "{path}");
+        for status in ["409", "422"] {
+            assert!(document["paths"][path]["post"]["responses"][status].is_object());
+        }
+    }
+    // Bodies and parameters carry their constraints.
+    let schemas = &document["components"]["schemas"];
+    assert_eq!(
+        schemas["ChargeRequest"]["properties"]["amount"]["minimum"],
+        1
+    );
+    assert_eq!(
+        schemas["ChargeRequest"]["properties"]["amount"]["maximum"],
+        1_000_000_000_000_i64
+    );
+    assert_eq!(
+        schemas["ChargeRequest"]["properties"]["reason"]["maxLength"],
+        500
+    );
+    assert_eq!(
+        schemas["CreateTaskRequest"]["properties"]["units"]["maximum"],
+        1_000_000_000
+    );
+    let task_id = document["paths"]["/api/v1/tasks/{id}"]["get"]["parameters"][0].clone();
+    assert_eq!(task_id["schema"]["format"], "uuid");
+    let limit = document["paths"]["/api/v1/tasks"]["get"]["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .cloned()
+        .expect("limit");
+    assert_eq!(limit["in"], "query");
+    assert_eq!(limit["schema"]["maximum"], 500);
+}
