@@ -27,6 +27,69 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// The response header marking a replay.
 pub const REPLAYED: &str = "idempotent-replayed";
 
+/// The body of a keyed route with its claimed key: the extractor every keyed route takes (last,
+/// since it reads the body). It derives the key's scope from the matched route and the caller,
+/// and whether the key is required from [`key_rule`]; a replay, a conflict or a malformed key is
+/// answered before the handler runs.
+#[derive(Debug)]
+pub struct Keyed {
+    /// The claim, held until the answer is stored.
+    pub guard: Guard,
+    /// The raw body (fingerprinted; parse it with `crate::error::parse_json`).
+    pub body: axum::body::Bytes,
+}
+
+/// Whether the route demands an `Idempotency-Key`: the money routes do, the others accept one.
+pub fn key_rule(method: &axum::http::Method, path: &str) -> KeyRule {
+    match (method.as_str(), path) {
+        (
+            "POST",
+            "/api/v1/credits/charge" | "/api/v1/credits/refund" | "/api/v1/credits/adjust",
+        ) => KeyRule::Required,
+        _ => KeyRule::Optional,
+    }
+}
+
+impl axum::extract::FromRequest<AppState> for Keyed {
+    type Rejection = Response;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let caller = request
+            .extensions()
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::internal(anyhow::anyhow!(
+                    "a keyed route without an authenticated caller"
+                ))
+                .into_response()
+            })?;
+        let path = request
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .map(|matched| matched.as_str().to_owned())
+            .unwrap_or_else(|| request.uri().path().to_owned());
+        let method = request.method().clone();
+        let route = format!("{method} {path}");
+        let headers = request.headers().clone();
+        let body = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                let code = match rejection.status() {
+                    StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+                    _ => ErrorCode::HttpError,
+                };
+                ApiError::new(rejection.status(), code, rejection.body_text()).into_response()
+            })?;
+        let rule = key_rule(&method, &path);
+        let guard = Guard::begin(state, &caller, &headers, &route, &body, rule).await?;
+        Ok(Keyed { guard, body })
+    }
+}
+
 /// Whether a route demands a key or merely accepts one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyRule {

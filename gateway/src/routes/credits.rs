@@ -3,12 +3,12 @@
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Json, Query, parse_json};
-use crate::idempotency::{Guard, KeyRule, render_with};
+use crate::idempotency::{Keyed, render_with};
 use crate::pagination::{PageParams, cursor_after};
 use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use domain::ledger::{Applied, LedgerRequest, Operation};
@@ -35,27 +35,19 @@ struct Prepared {
 async fn run_money_route<F, Fut>(
     state: &AppState,
     caller: &Caller,
-    headers: &HeaderMap,
-    route: &str,
-    body: Bytes,
+    Keyed { guard, body }: Keyed,
+    action: &str,
     prepare: F,
 ) -> Response
 where
     F: FnOnce(Bytes) -> Fut,
     Fut: Future<Output = Result<Prepared, ApiError>>,
 {
-    let guard = match Guard::begin(state, caller, headers, route, &body, KeyRule::Required).await {
-        Ok(guard) => guard,
-        Err(response) => return response,
-    };
     let prepared = match prepare(body).await {
         Ok(prepared) => prepared,
         Err(error) => {
-            let path = route.trim_start_matches("POST ");
-            if let Some(action) = crate::refusals::sensitive_action(&Method::POST, path) {
-                let target = ("credit_account", None);
-                crate::refusals::record_for(state, caller, action, target, &error).await;
-            }
+            let target = ("credit_account", None);
+            crate::refusals::record_for(state, caller, action, target, &error).await;
             return guard.refuse(error).await;
         }
     };
@@ -144,15 +136,9 @@ fn target_account(
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json")))]
-pub async fn charge(
-    State(state): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let route = "POST /api/v1/credits/charge";
+pub async fn charge(State(state): State<AppState>, caller: Caller, keyed: Keyed) -> Response {
     let (state, caller) = (&state, &caller);
-    run_money_route(state, caller, &headers, route, body, |body| async move {
+    run_money_route(state, caller, keyed, "credits.charge", |body| async move {
         let request: ChargeRequest = parse_json(&body)?;
         check_amount(request.amount, false)?;
         let reason = check_reason(&request.reason)?;
@@ -186,15 +172,9 @@ pub async fn charge(
         (status = 201, body = LedgerEntry),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json")))]
-pub async fn refund(
-    State(state): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let route = "POST /api/v1/credits/refund";
+pub async fn refund(State(state): State<AppState>, caller: Caller, keyed: Keyed) -> Response {
     let (state, caller) = (&state, &caller);
-    run_money_route(state, caller, &headers, route, body, |body| async move {
+    run_money_route(state, caller, keyed, "credits.refund", |body| async move {
         let request: RefundRequest = parse_json(&body)?;
         check_amount(request.amount, false)?;
         let reason = check_reason(&request.reason)?;
@@ -223,15 +203,9 @@ pub async fn refund(
         (status = 201, body = LedgerEntry),
         (status = 402, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
-pub async fn adjust(
-    State(state): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let route = "POST /api/v1/credits/adjust";
+pub async fn adjust(State(state): State<AppState>, caller: Caller, keyed: Keyed) -> Response {
     let (state, caller) = (&state, &caller);
-    run_money_route(state, caller, &headers, route, body, |body| async move {
+    run_money_route(state, caller, keyed, "credits.adjust", |body| async move {
         let request: AdjustRequest = parse_json(&body)?;
         check_amount(request.amount, true)?;
         let reason = check_reason(&request.reason)?;

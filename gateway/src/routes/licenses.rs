@@ -3,12 +3,11 @@
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Json, Path, Query};
-use crate::idempotency::{Guard, KeyRule, Tx};
+use crate::idempotency::{Keyed, Tx};
 use crate::license_cache::Lookup;
 use crate::state::AppState;
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::Utc;
 use serde::Deserialize;
@@ -145,18 +144,10 @@ pub async fn consume(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<Uuid>,
-    headers: HeaderMap,
-    body: Bytes,
+    Keyed { guard, body }: Keyed,
 ) -> Response {
-    let route = "POST /api/v1/licenses/{id}/consume";
     let actor = caller.actor();
     let caller_ref = &caller;
-    let raw = body.clone();
-    let guard = match Guard::begin(&state, &caller, &headers, route, &raw, KeyRule::Optional).await
-    {
-        Ok(guard) => guard,
-        Err(response) => return response,
-    };
     let (response, consumed) = guard
         .run_tx(StatusCode::OK, |mut tx: Tx| async move {
             let result = async {
@@ -200,18 +191,10 @@ pub async fn consume(
 pub async fn grant(
     State(state): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
-    body: Bytes,
+    Keyed { guard, body }: Keyed,
 ) -> Response {
-    let route = "POST /api/v1/licenses";
     let actor = caller.actor();
-    let raw = body.clone();
     let state_ref = &state;
-    let guard = match Guard::begin(&state, &caller, &headers, route, &raw, KeyRule::Optional).await
-    {
-        Ok(guard) => guard,
-        Err(response) => return response,
-    };
     let (response, granted) = guard
         .run_tx(StatusCode::CREATED, |mut tx: Tx| async move {
             let result = async {

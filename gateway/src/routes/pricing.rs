@@ -4,12 +4,11 @@
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Json, Path, Query};
-use crate::idempotency::{Guard, KeyRule, Tx};
+use crate::idempotency::{Keyed, Tx};
 use crate::pagination::PageParams;
 use crate::state::AppState;
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 use shared::Problem;
@@ -114,15 +113,8 @@ pub async fn get(
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
-    body: Bytes,
+    Keyed { guard, body }: Keyed,
 ) -> Response {
-    let route = "POST /api/v1/pricing/rules";
-    let guard = match Guard::begin(&state, &caller, &headers, route, &body, KeyRule::Optional).await
-    {
-        Ok(guard) => guard,
-        Err(response) => return response,
-    };
     let (actor, state_ref) = (caller.actor(), &state);
     guard
         .run_tx(StatusCode::CREATED, |mut tx: Tx| async move {

@@ -3,11 +3,10 @@
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Json, Path, Query, parse_json};
-use crate::idempotency::{Guard, KeyRule, Tx, render_with};
+use crate::idempotency::{Guard, Keyed, Tx, render_with};
 use crate::state::AppState;
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, Datelike, Utc};
 use domain::ledger::Applied;
@@ -51,15 +50,8 @@ async fn visible_task(state: &AppState, caller: &Caller, id: Uuid) -> ApiResult<
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
-    body: Bytes,
+    Keyed { guard, body }: Keyed,
 ) -> Response {
-    let route = "POST /api/v1/tasks";
-    let guard = match Guard::begin(&state, &caller, &headers, route, &body, KeyRule::Optional).await
-    {
-        Ok(guard) => guard,
-        Err(response) => return response,
-    };
     let prepared = async {
         let request: CreateTaskRequest = parse_json(&body)?;
         let account_id = caller.principal.account_id.as_deref().ok_or_else(|| {
@@ -265,15 +257,8 @@ pub async fn post_event(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<Uuid>,
-    headers: HeaderMap,
-    body: Bytes,
+    Keyed { guard, body }: Keyed,
 ) -> Response {
-    let route = "POST /api/v1/tasks/{id}/events";
-    let guard = match Guard::begin(&state, &caller, &headers, route, &body, KeyRule::Optional).await
-    {
-        Ok(guard) => guard,
-        Err(response) => return response,
-    };
     let input = parse_json::<TaskEventRequest>(&body)
         .and_then(|request| EventInput::from_request(request).map_err(ApiError::from));
     match input {
@@ -329,15 +314,8 @@ pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<Uuid>,
-    headers: HeaderMap,
-    body: Bytes,
+    Keyed { guard, body }: Keyed,
 ) -> Response {
-    let route = "POST /api/v1/tasks/{id}/cancel";
-    let guard = match Guard::begin(&state, &caller, &headers, route, &body, KeyRule::Optional).await
-    {
-        Ok(guard) => guard,
-        Err(response) => return response,
-    };
     let checked = async {
         let request: CancelTaskRequest = if body.iter().all(u8::is_ascii_whitespace) {
             CancelTaskRequest::default()
