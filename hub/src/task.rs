@@ -170,7 +170,10 @@ impl Tasks {
             self.supervisor.get_cell(),
         )
         .await
-        .map_err(|error| DomainError::Unavailable(format!("cannot start a task actor: {error}")))?;
+        .map_err(|error| {
+            tracing::error!(%error, %task_id, "cannot start a task actor");
+            DomainError::Unavailable("cannot start the task's actor; retry".into())
+        })?;
         self.shared.registry.insert(task_id, actor.clone());
         metrics::gauge!("hub_task_actors").set(self.shared.registry.len() as f64);
         Ok(actor)

@@ -159,9 +159,11 @@ impl Ledger {
                 }
                 Err(error) => {
                     handle.in_mailbox.fetch_sub(1, Ordering::AcqRel);
-                    return Err(DomainError::Unavailable(format!(
-                        "ledger actor unreachable: {error}"
-                    )));
+                    tracing::error!(%error, account = %account_id, "ledger actor unreachable");
+                    return Err(DomainError::Unavailable(
+                        "the account's ledger actor is unreachable; retry with the same Idempotency-Key"
+                            .into(),
+                    ));
                 }
             }
         }
@@ -195,7 +197,10 @@ impl Ledger {
                 Actor::spawn_linked(None, AccountActor, arguments, self.supervisor.get_cell())
                     .await
                     .map_err(|error| {
-                        DomainError::Unavailable(format!("cannot start a ledger actor: {error}"))
+                        tracing::error!(%error, "cannot start a ledger actor");
+                        DomainError::Unavailable(
+                            "cannot start the account's ledger actor; retry".into(),
+                        )
                     })?;
             let handle = AccountHandle {
                 actor,

@@ -61,11 +61,8 @@ pub async fn publish(
         .publish(&name, serde_json::Value::Object(data))
         .await
         .map_err(|error| {
-            ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                shared::ErrorCode::ServiceUnavailable,
-                format!("cannot publish now ({error}); retry"),
-            )
+            // The broker's (Redis's) words go to the log, not to the client.
+            ApiError::unavailable("the broker cannot take a publication now; retry", error)
         })?;
     Ok(Json(Published {
         channel: name,

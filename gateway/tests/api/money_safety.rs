@@ -209,6 +209,29 @@ async fn numbers_beyond_their_documented_maximum_are_422_and_change_nothing(db: 
         )
         .await;
     }
+    let admin = app.token("admin-1", &[Role::Admin]);
+    for quota in [-1, 1_000_000_000_001_i64, i64::MAX] {
+        let grant = json!({"subject_id": "alice", "resource": "model:x", "actions": ["generate"],
+                           "quota_total": quota});
+        let response = post_keyed(
+            &app,
+            "/api/v1/licenses",
+            &admin,
+            &format!("q{quota}"),
+            &grant,
+        )
+        .await;
+        assert_problem(
+            response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+    }
+    assert_eq!(
+        count(&app.db, "select count(*) from authorizations").await,
+        0
+    );
     for units in [0, -1, 1_000_000_001, i64::MAX] {
         let estimate = app
             .send_json(
@@ -519,4 +542,19 @@ async fn refusals_of_sensitive_acts_are_audited(db: PgPool) {
         .await;
     assert_eq!(patch.status(), StatusCode::NOT_FOUND);
     assert_eq!(rows("license.update", "failure").await, 1);
+}
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn readiness_names_the_failing_part_without_the_drivers_words(db: PgPool) {
+    let app = spawn_app_with(db, |settings| settings.redis_url = None).await;
+    app.db.close().await;
+
+    let response = app.get("/readyz", None).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = response.json().await.expect("problem");
+    let text = body.to_string();
+    assert!(text.contains("postgres"), "{text}");
+    for internal in ["pool", "Pool", "closed", "sqlx", "connection refused"] {
+        assert!(!text.contains(internal), "{text}");
+    }
 }
