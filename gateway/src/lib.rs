@@ -14,6 +14,7 @@ pub mod readiness;
 pub mod realtime;
 pub mod refusals;
 pub mod routes;
+pub mod server;
 pub mod settings;
 pub mod shutdown;
 pub mod state;
@@ -27,7 +28,6 @@ use axum::middleware;
 use routes::ops::OpenApiDocument;
 use settings::Settings;
 use state::AppState;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
@@ -66,15 +66,13 @@ pub async fn serve(
     tracing::info!(%address, node = %state.settings.node_id, "listening");
     let draining = state.draining.clone();
     let signal = shutdown.clone();
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let limits = state.settings.http.clone();
+    tokio::spawn(async move {
         signal.cancelled().await;
         draining.store(true, Ordering::Release);
         tracing::info!("shutdown requested: draining");
     });
+    let server = server::serve(listener, app, &limits, shutdown.clone());
     let purge = tokio::spawn(purge_idempotency_keys(state.clone(), shutdown.clone()));
     let broker = state.realtime.broker.clone();
     let sweep = tokio::spawn(async move {
@@ -84,7 +82,7 @@ pub async fn serve(
             metrics::gauge!("hub_channels").set(broker.subscribed_channels() as f64);
         }
     });
-    let mut server = std::pin::pin!(server.into_future());
+    let mut server = std::pin::pin!(server);
     tokio::select! {
         result = &mut server => result.context("serving HTTP")?,
         () = shutdown.cancelled() => {

@@ -231,6 +231,17 @@ pub struct HttpSettings {
     pub request_timeout_ms: u64,
     /// How long shutdown waits for in-flight requests and connections to finish.
     pub shutdown_grace_ms: u64,
+    /// Time a client has to send a complete request head, counted from when the connection
+    /// waits for a request: a half-sent header (slowloris) and a keep-alive connection idle this
+    /// long are both closed.
+    pub header_read_timeout_ms: u64,
+    /// A connection on which no byte was read or written for this long is closed (a stalled
+    /// response to a client that stopped reading, a request body that trickles). WebSocket
+    /// connections have their own pings and write deadline.
+    pub idle_timeout_ms: u64,
+    /// Most TCP connections the node serves at once (WebSocket ones included); beyond, new
+    /// connections wait in the listen backlog until one closes.
+    pub max_connections: usize,
 }
 
 /// The PostgreSQL pool.
@@ -271,6 +282,9 @@ impl Default for HttpSettings {
             body_limit_bytes: 64 * 1024,
             request_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 20_000,
         }
     }
 }
@@ -321,6 +335,14 @@ impl Settings {
         }
         if self.http.body_limit_bytes == 0 || self.http.request_timeout_ms == 0 {
             bail!("http.body_limit_bytes and http.request_timeout_ms must be positive");
+        }
+        if self.http.header_read_timeout_ms == 0
+            || self.http.idle_timeout_ms == 0
+            || self.http.max_connections == 0
+        {
+            bail!(
+                "http.header_read_timeout_ms, http.idle_timeout_ms and http.max_connections must be positive"
+            );
         }
         if self.max_token_ttl_secs == 0 {
             bail!("HUB_MAX_TOKEN_TTL_SECS must be positive");

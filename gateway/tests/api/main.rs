@@ -8,6 +8,7 @@ mod cluster;
 mod credits;
 mod errors;
 mod helpers;
+mod http_limits;
 mod ledger_property;
 mod licenses;
 mod money_safety;
