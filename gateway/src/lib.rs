@@ -83,8 +83,10 @@ pub async fn serve(
         }
     });
     let mut server = std::pin::pin!(server);
+    // Biased: once shutdown is asked, the drain runs even if the server (which stops accepting at
+    // once and may have no connection left to wait for) is ready first.
     tokio::select! {
-        result = &mut server => result.context("serving HTTP")?,
+        biased;
         () = shutdown.cancelled() => {
             // Realtime sessions get 3001 spread over a few seconds while HTTP requests finish.
             let spread = std::time::Duration::from_millis(state.settings.realtime.drain_spread_ms);
@@ -95,6 +97,7 @@ pub async fn serve(
                 Err(_) => tracing::warn!(?grace, "grace period over: closing remaining connections"),
             }
         }
+        result = &mut server => result.context("serving HTTP")?,
     }
     purge.abort();
     sweep.abort();

@@ -99,6 +99,12 @@ impl AsyncWrite for Connection {
     }
 }
 
+/// A handle on the request's TCP connection: cancelling it closes the connection at once, whatever
+/// hyper is doing (a streaming response whose client stopped reading is never polled again, so
+/// it cannot end itself). In every request's extensions.
+#[derive(Debug, Clone)]
+pub struct ConnectionAbort(pub CancellationToken);
+
 /// Serves `app` on `listener` until `shutdown` is cancelled; then stops accepting, asks every
 /// connection to finish its request, and returns once they have (the caller bounds the wait).
 pub async fn serve(
@@ -189,8 +195,14 @@ async fn serve_connection<S>(
         + 'static,
     S::Future: Send + 'static,
 {
+    let abort = CancellationToken::new();
+    let handle = ConnectionAbort(abort.clone());
     let service = TowerToHyperService::new(service.map_request(
-        |request: hyper::Request<hyper::body::Incoming>| request.map(axum::body::Body::new),
+        move |request: hyper::Request<hyper::body::Incoming>| {
+            let mut request = request.map(axum::body::Body::new);
+            request.extensions_mut().insert(handle.clone());
+            request
+        },
     ));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -211,6 +223,9 @@ async fn serve_connection<S>(
                     tracing::debug!(%error, "connection ended");
                 }
                 return;
+            }
+            () = abort.cancelled() => {
+                return; // dropping the connection closes it
             }
             () = shutdown.cancelled(), if !closing => {
                 closing = true;

@@ -90,6 +90,18 @@ pub struct RealtimeSettings {
     pub task_linger_ms: u64,
     /// A task's actor without events stops after this long (it is rebuilt from PostgreSQL).
     pub task_idle_ms: u64,
+    /// Longest a single write to a client's socket may take; a client that does not read is
+    /// disconnected once a write has waited this long (its slot and queue are freed).
+    pub write_timeout_ms: u64,
+    /// Frames read from a WebSocket and not yet handled by its session; the transport stops
+    /// reading (TCP backpressure) while this many wait.
+    pub max_inflight_frames: usize,
+    /// Commands a session may send per second, sustained (error 111 beyond).
+    pub command_rate: u32,
+    /// Commands above the rate a session may send at once; this many refused in a row: 3013.
+    pub command_burst: u32,
+    /// Errors a session may cause in a burst (one forgiven every 5 s); beyond: 3509.
+    pub max_errors: u32,
 }
 
 impl Default for RealtimeSettings {
@@ -110,6 +122,11 @@ impl Default for RealtimeSettings {
             broker: BrokerKind::Auto,
             task_linger_ms: 10_000,
             task_idle_ms: 300_000,
+            write_timeout_ms: 10_000,
+            max_inflight_frames: 8,
+            command_rate: 50,
+            command_burst: 100,
+            max_errors: 20,
         }
     }
 }
@@ -143,7 +160,16 @@ impl RealtimeSettings {
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             max_subscriptions: self.max_subscriptions,
             expiry_grace: Duration::from_millis(self.expiry_grace_ms),
+            command_rate: self.command_rate,
+            command_burst: self.command_burst,
+            max_errors: self.max_errors,
+            permission_cache: 256,
         }
+    }
+
+    /// The socket write deadline.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
     }
 
     /// History limits per channel.
@@ -342,6 +368,18 @@ impl Settings {
         {
             bail!(
                 "http.header_read_timeout_ms, http.idle_timeout_ms and http.max_connections must be positive"
+            );
+        }
+        let realtime = &self.realtime;
+        if realtime.write_timeout_ms == 0
+            || realtime.max_inflight_frames == 0
+            || realtime.command_rate == 0
+            || realtime.command_burst == 0
+            || realtime.max_errors == 0
+        {
+            bail!(
+                "realtime.write_timeout_ms, max_inflight_frames, command_rate, command_burst and \
+                 max_errors must be positive"
             );
         }
         if self.max_token_ttl_secs == 0 {

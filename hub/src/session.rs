@@ -75,6 +75,48 @@ pub struct SessionConfig {
     /// How long past its token's expiry a session may still refresh before it is closed with
     /// 3005 (the SDK refreshes right at `ttl`, so this absorbs its round trip).
     pub expiry_grace: Duration,
+    /// Commands a session may send per second, sustained; beyond, error 111.
+    pub command_rate: u32,
+    /// Commands a session may send at once above its rate; this many refused in a row: 3013.
+    pub command_burst: u32,
+    /// Errors (refused, denied, malformed or unknown commands) a session may cause in a burst;
+    /// one is forgiven every [`ERROR_FORGIVENESS`]; past the budget: 3509.
+    pub max_errors: u32,
+    /// Channels whose permission answer a session remembers for its life.
+    pub permission_cache: usize,
+}
+
+/// How often one error of a session's budget is forgiven.
+pub const ERROR_FORGIVENESS: Duration = Duration::from_secs(5);
+
+/// A token bucket: `capacity` tokens, refilled at `per_second`.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+impl Bucket {
+    fn full(capacity: f64) -> Self {
+        Self {
+            tokens: capacity,
+            updated: Instant::now(),
+        }
+    }
+
+    /// Takes one token if there is one.
+    fn take(&mut self, capacity: f64, per_second: f64) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.updated).as_secs_f64() * per_second;
+        self.tokens = (self.tokens + refill).min(capacity);
+        self.updated = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl Default for SessionConfig {
@@ -85,6 +127,10 @@ impl Default for SessionConfig {
             connect_timeout: Duration::from_secs(10),
             max_subscriptions: 128,
             expiry_grace: Duration::from_secs(25),
+            command_rate: 50,
+            command_burst: 100,
+            max_errors: 20,
+            permission_cache: 256,
         }
     }
 }
@@ -131,8 +177,10 @@ impl std::fmt::Debug for SessionState {
 /// Messages of a session actor.
 #[derive(Debug)]
 pub enum SessionMsg {
-    /// A text frame from the client.
-    Frame(String),
+    /// A text frame from the client, with the transport's permit to read another: the transport
+    /// holds only a few permits, so it stops reading while the session is behind (backpressure
+    /// down to TCP), and the mailbox never holds more than that many frames per session.
+    Frame(String, Option<tokio::sync::OwnedSemaphorePermit>),
     /// The transport closed (client left or write failed).
     TransportClosed,
     /// The session's one timer, of generation `n`: whatever is due (connect deadline, ping, pong
@@ -163,6 +211,15 @@ pub struct SessionState {
     /// (not one per ping, pong and token) keeps an idle session small.
     tick_generation: u64,
     closed: bool,
+    /// Commands allowed now (rate limit).
+    commands: Bucket,
+    /// Commands refused for the rate in a row (3013 past `command_burst`).
+    refused_in_a_row: u32,
+    /// Errors the session may still cause (3509 once spent).
+    error_budget: Bucket,
+    /// Invariant: at most `permission_cache` channels; the answer of each permission check made
+    /// for this session (its identity cannot change: a refresh for another user is 3500).
+    permissions: std::collections::HashMap<String, bool>,
 }
 
 /// One connection's actor.
@@ -195,6 +252,47 @@ fn now_unix_ms() -> i64 {
 }
 
 impl SessionState {
+    /// Answers a command with an error and spends one of the session's error budget; a client
+    /// that keeps causing errors is disconnected with 3509.
+    fn refuse(&mut self, myself: &ActorRef<SessionMsg>, id: u32, code: u32, message: &str) {
+        self.send(error_reply(id, code, message));
+        self.count_error(myself);
+    }
+
+    fn count_error(&mut self, myself: &ActorRef<SessionMsg>) {
+        let capacity = f64::from(self.args.config.max_errors);
+        let per_second = 1.0 / ERROR_FORGIVENESS.as_secs_f64();
+        if !self.error_budget.take(capacity, per_second) {
+            metrics::counter!("hub_session_limits_total", "limit" => "errors").increment(1);
+            self.close(myself, disconnect::TOO_MANY_ERRORS, "too many errors");
+        }
+    }
+
+    /// Whether the rate allows one more command; refuses it (111, or 3013 when the client keeps
+    /// on) when not.
+    fn admit_command(&mut self, myself: &ActorRef<SessionMsg>, id: u32) -> bool {
+        let config = self.args.config;
+        if self.commands.take(
+            f64::from(config.command_burst),
+            f64::from(config.command_rate),
+        ) {
+            self.refused_in_a_row = 0;
+            return true;
+        }
+        self.refused_in_a_row += 1;
+        metrics::counter!("hub_session_limits_total", "limit" => "rate").increment(1);
+        if self.refused_in_a_row > config.command_burst {
+            self.close(myself, disconnect::TOO_MANY_REQUESTS, "too many requests");
+        } else if id != 0 {
+            self.send(error_reply(
+                id,
+                error::TOO_MANY_REQUESTS,
+                "too many requests",
+            ));
+        }
+        false
+    }
+
     /// Queues an item; a full queue means the client does not read: cut it off (3008).
     fn send(&mut self, item: Outbound) {
         if self.closed {
@@ -407,37 +505,40 @@ impl SessionState {
         self.arm(myself);
     }
 
-    async fn subscribe(&mut self, id: u32, request: SubscribeRequest) {
+    async fn subscribe(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        id: u32,
+        request: SubscribeRequest,
+    ) {
         let channel: Channel = match request.channel.parse() {
             Ok(channel) => channel,
-            Err(_) => return self.send(error_reply(id, error::UNKNOWN_CHANNEL, "unknown channel")),
+            Err(_) => return self.refuse(myself, id, error::UNKNOWN_CHANNEL, "unknown channel"),
         };
         let name = channel.name();
         if self.subscriptions.contains(&name) {
-            return self.send(error_reply(
-                id,
-                error::ALREADY_SUBSCRIBED,
-                "already subscribed",
-            ));
+            return self.refuse(myself, id, error::ALREADY_SUBSCRIBED, "already subscribed");
         }
         if self.subscriptions.len() >= self.args.config.max_subscriptions {
-            return self.send(error_reply(
-                id,
-                error::LIMIT_EXCEEDED,
-                "too many subscriptions",
-            ));
+            return self.refuse(myself, id, error::LIMIT_EXCEEDED, "too many subscriptions");
         }
         let Some(identity) = self.identity.clone() else {
             return;
         };
-        match self.args.authority.may_subscribe(&identity, &channel).await {
-            Ok(true) => {}
-            Ok(false) => {
-                return self.send(error_reply(
-                    id,
-                    error::PERMISSION_DENIED,
-                    "permission denied",
-                ));
+        // Asked once per channel for the session's life: a client repeating a subscribe cannot
+        // make the node repeat the lookup.
+        let allowed = match self.permissions.get(&name) {
+            Some(allowed) => Ok(*allowed),
+            None => self.args.authority.may_subscribe(&identity, &channel).await,
+        };
+        match allowed {
+            Ok(allowed) => {
+                if self.permissions.len() < self.args.config.permission_cache {
+                    self.permissions.insert(name.clone(), allowed);
+                }
+                if !allowed {
+                    return self.refuse(myself, id, error::PERMISSION_DENIED, "permission denied");
+                }
             }
             Err(reason) => {
                 tracing::warn!(%reason, channel = %name, "cannot check a subscription");
@@ -502,13 +603,21 @@ impl SessionState {
                 self.pong_deadline = None;
                 return;
             }
-            (Some("send"), _) => return,
+            (Some("send"), _) if self.identity.is_none() => {
+                return self.close(myself, disconnect::BAD_REQUEST, "connect first");
+            }
             (Some(_), 0) => {
                 return self.close(myself, disconnect::BAD_REQUEST, "command without id");
             }
-            (None, _) => {
-                return self.send(error_reply(id, error::METHOD_NOT_FOUND, "method not found"));
-            }
+            _ => {}
+        }
+        if !self.admit_command(myself, id) {
+            return;
+        }
+        match kind {
+            // Asynchronous messages to the server are not part of this hub's protocol.
+            Some("send") => return,
+            None => return self.refuse(myself, id, error::METHOD_NOT_FOUND, "method not found"),
             _ => {}
         }
         if self.identity.is_none() {
@@ -524,7 +633,7 @@ impl SessionState {
             Command {
                 subscribe: Some(request),
                 ..
-            } => self.subscribe(id, request).await,
+            } => self.subscribe(myself, id, request).await,
             Command {
                 unsubscribe: Some(request),
                 ..
@@ -537,16 +646,17 @@ impl SessionState {
             }
             Command {
                 publish: Some(_), ..
-            } => self.send(error_reply(
+            } => self.refuse(
+                myself,
                 id,
                 error::PERMISSION_DENIED,
                 "clients may not publish",
-            )),
+            ),
             Command {
                 refresh: Some(request),
                 ..
             } => self.refresh(myself, id, &request.token),
-            _ => self.send(error_reply(id, error::NOT_AVAILABLE, "not available")),
+            _ => self.refuse(myself, id, error::NOT_AVAILABLE, "not available"),
         }
     }
 }
@@ -562,6 +672,7 @@ impl Actor for SessionActor {
         args: SessionArgs,
     ) -> Result<SessionState, ActorProcessingErr> {
         metrics::gauge!("hub_sessions").increment(1.0);
+        let config = args.config;
         let mut state = SessionState {
             connect_deadline: Instant::now() + args.config.connect_timeout,
             args,
@@ -574,6 +685,10 @@ impl Actor for SessionActor {
             pong_deadline: None,
             tick_generation: 0,
             closed: false,
+            commands: Bucket::full(f64::from(config.command_burst)),
+            refused_in_a_row: 0,
+            error_budget: Bucket::full(f64::from(config.max_errors)),
+            permissions: std::collections::HashMap::new(),
         };
         state.arm(&myself);
         Ok(state)
@@ -601,7 +716,11 @@ impl Actor for SessionActor {
         match message {
             // Boxed: a frame's handling (parsing, the command's future) is large, and inline it
             // would sit in every idle session's task.
-            SessionMsg::Frame(text) => Box::pin(state.frames(&myself, text)).await,
+            SessionMsg::Frame(text, permit) => {
+                Box::pin(state.frames(&myself, text)).await;
+                // The transport may read the next frame now.
+                drop(permit);
+            }
             SessionMsg::TransportClosed => {
                 state.closed = true;
                 myself.stop(Some("transport closed".into()));
@@ -612,6 +731,11 @@ impl Actor for SessionActor {
                 }
             }
             SessionMsg::Disconnect(code, reason) => state.close(&myself, code, &reason),
+        }
+        if state.closed {
+            // Closed by an overflow of its queue, or a close: stop now, so the queue, the
+            // subscriptions and the actor go at once, whatever the transport does.
+            myself.stop(None);
         }
         Ok(())
     }

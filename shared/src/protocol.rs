@@ -310,6 +310,8 @@ pub mod disconnect {
     pub const INSUFFICIENT_STATE: u16 = 3010;
     /// Missing pong (reconnect).
     pub const NO_PONG: u16 = 3012;
+    /// The client sent commands faster than its rate allows, for too long (reconnect).
+    pub const TOO_MANY_REQUESTS: u16 = 3013;
     /// Invalid token (terminal).
     pub const INVALID_TOKEN: u16 = 3500;
     /// Bad request (terminal).
@@ -322,6 +324,8 @@ pub mod disconnect {
     pub const INAPPROPRIATE_PROTOCOL: u16 = 3506;
     /// Permission denied (terminal).
     pub const PERMISSION_DENIED: u16 = 3507;
+    /// The client caused too many errors (terminal).
+    pub const TOO_MANY_ERRORS: u16 = 3509;
 }
 
 /// Protocol error codes.

@@ -49,11 +49,17 @@ fn decode_cursor(cursor: &str) -> Option<Positions> {
     )
 }
 
-/// Ends the session when the HTTP stream is dropped (the client went away).
-struct SessionGuard(ActorRef<SessionMsg>, crate::realtime::Realtime);
+/// Ends the session when the HTTP stream is dropped (the client went away, or the connection was
+/// aborted), and tells the stream's watcher it is over.
+struct SessionGuard(
+    ActorRef<SessionMsg>,
+    crate::realtime::Realtime,
+    CancellationToken,
+);
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
+        self.2.cancel();
         let _ = self.0.cast(SessionMsg::TransportClosed);
         self.1.release();
         metrics::gauge!("hub_connections", "transport" => "sse").decrement(1.0);
@@ -74,15 +80,22 @@ impl Drop for SessionGuard {
 pub async fn sse(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
+    abort: Option<axum::Extension<crate::server::ConnectionAbort>>,
     headers: HeaderMap,
 ) -> Response {
-    match open(state, query.unwrap_or_default(), &headers).await {
+    let abort = abort.map(|axum::Extension(abort)| abort);
+    match open(state, query.unwrap_or_default(), &headers, abort).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
 }
 
-async fn open(state: AppState, query: String, headers: &HeaderMap) -> Result<Response, ApiError> {
+async fn open(
+    state: AppState,
+    query: String,
+    headers: &HeaderMap,
+    abort: Option<crate::server::ConnectionAbort>,
+) -> Result<Response, ApiError> {
     let mut token = None;
     let mut channels: Vec<String> = Vec::new();
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
@@ -153,7 +166,30 @@ async fn open(state: AppState, query: String, headers: &HeaderMap) -> Result<Res
         metrics::gauge!("hub_connections", "transport" => "sse").decrement(1.0);
         ApiError::internal(anyhow::anyhow!("cannot start a session: {error}"))
     })?;
-    let guard = SessionGuard(session.clone(), realtime);
+    let ended = CancellationToken::new();
+    let guard = SessionGuard(session.clone(), realtime, ended.clone());
+    // Watches the stream apart from hyper's polling, which stops when the client stops reading:
+    // an overflow then closes the connection at once, freeing the slot, the session and its
+    // queue (the stream is dropped with the connection).
+    // A client that still reads gets the `disconnect` event (3008) and the stream ends by itself
+    // within the write deadline; one that does not is cut off then.
+    if let Some(crate::server::ConnectionAbort(abort)) = abort {
+        let overflow = overflow.clone();
+        let deadline = state.settings.realtime.write_timeout();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = overflow.cancelled() => {}
+                () = ended.cancelled() => return,
+            }
+            tokio::select! {
+                () = tokio::time::sleep(deadline) => {
+                    metrics::counter!("hub_disconnects_total", "code" => "3008").increment(1);
+                    abort.cancel();
+                }
+                () = ended.cancelled() => {}
+            }
+        });
+    }
 
     // The commands a WebSocket client would send, recovering from the cursor where it has one.
     let recover = |channel: &str| match resume.as_ref().and_then(|positions| positions.get(channel))
@@ -180,7 +216,7 @@ async fn open(state: AppState, query: String, headers: &HeaderMap) -> Result<Res
         .map(Value::to_string)
         .collect::<Vec<_>>()
         .join("\n");
-    let _ = session.cast(SessionMsg::Frame(frame));
+    let _ = session.cast(SessionMsg::Frame(frame, None));
 
     // Collect the answers before the stream starts: a refusal is still an HTTP error.
     let mut positions = Positions::new();
@@ -355,7 +391,7 @@ async fn next_event(mut stream: Stream) -> Option<(Result<Event, Infallible>, St
             }
             Outbound::Frame(text) if &*text == "{}" => {
                 // The session's ping: answer it for the browser and keep proxies awake.
-                let _ = stream.session.cast(SessionMsg::Frame("{}".into()));
+                let _ = stream.session.cast(SessionMsg::Frame("{}".into(), None));
                 return Some((Ok(Event::default().comment("ping")), stream));
             }
             Outbound::Frame(_) => continue,

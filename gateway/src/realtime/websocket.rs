@@ -72,29 +72,42 @@ async fn serve(state: std::sync::Arc<AppState>, mut socket: WebSocket) {
         }
     };
     // One task per connection moves frames both ways: reading stops while a batch is written,
-    // which is the backpressure wanted, and a second task per session would cost memory.
+    // which is the backpressure wanted, and a second task per session would cost memory. Every
+    // write has a deadline, so a client that stops reading cannot hold the task, the session or
+    // the slot; and a frame is read only with a permit the session gives back once it handled
+    // it, so a flooding client is held back by TCP, not buffered in the session's mailbox.
+    let write_timeout = state.settings.realtime.write_timeout();
+    let inflight = std::sync::Arc::new(tokio::sync::Semaphore::new(
+        state.settings.realtime.max_inflight_frames,
+    ));
+    let mut permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
     loop {
         tokio::select! {
             biased;
             () = overflow.cancelled() => {
                 metrics::counter!("hub_disconnects_total", "code" => "3008").increment(1);
-                let _ = socket.send(close(disconnect::SLOW, "slow")).await;
+                let _ = write(&mut socket, close(disconnect::SLOW, "slow"), write_timeout).await;
                 break;
             }
             item = queue.recv() => {
                 let Some(first) = item else { break };
                 let (batch, closing) = take_batch(first, &mut queue);
-                if !batch.is_empty() && socket.send(Message::Text(batch.into())).await.is_err() {
+                if !batch.is_empty()
+                    && !write(&mut socket, Message::Text(batch.into()), write_timeout).await
+                {
                     break;
                 }
                 if let Some((code, reason)) = closing {
-                    let _ = socket.send(close(code, &reason)).await;
+                    let _ = write(&mut socket, close(code, &reason), write_timeout).await;
                     break;
                 }
             }
-            message = socket.recv() => match message {
+            acquired = inflight.clone().acquire_owned(), if permit.is_none() => {
+                permit = acquired.ok();
+            }
+            message = socket.recv(), if permit.is_some() => match message {
                 Some(Ok(Message::Text(text))) => {
-                    if session.cast(SessionMsg::Frame(text.to_string())).is_err() {
+                    if session.cast(SessionMsg::Frame(text.to_string(), permit.take())).is_err() {
                         break;
                     }
                 }
@@ -116,7 +129,7 @@ async fn serve(state: std::sync::Arc<AppState>, mut socket: WebSocket) {
                     let flushed = tokio::time::timeout(std::time::Duration::from_secs(2), async {
                         while let Some(item) = queue.recv().await {
                             if let Outbound::Close { code, reason } = item {
-                                let _ = socket.send(close(code, &reason)).await;
+                                let _ = write(&mut socket, close(code, &reason), write_timeout).await;
                                 break;
                             }
                         }
@@ -130,6 +143,26 @@ async fn serve(state: std::sync::Arc<AppState>, mut socket: WebSocket) {
     let _ = session.cast(SessionMsg::TransportClosed);
     realtime.release();
     metrics::gauge!("hub_connections", "transport" => "websocket").decrement(1.0);
+}
+
+/// Writes one message within `deadline`; false when the write failed or timed out (the client
+/// does not read): the caller then drops the connection.
+async fn write(socket: &mut WebSocket, message: Message, deadline: std::time::Duration) -> bool {
+    match tokio::time::timeout(deadline, socket.send(message)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "websocket write failed");
+            false
+        }
+        Err(_) => {
+            metrics::counter!("hub_disconnects_total", "code" => "3009").increment(1);
+            tracing::debug!(
+                ?deadline,
+                "websocket write timed out: the client does not read"
+            );
+            false
+        }
+    }
 }
 
 /// Joins `first` and whatever else is queued (up to [`BATCH`]) into one text (newline-separated
