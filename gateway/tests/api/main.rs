@@ -16,6 +16,7 @@ mod operations;
 mod permission_matrix;
 mod pricing;
 mod realtime;
+mod realtime_abuse;
 mod sdk;
 mod sessions;
 mod sse;
