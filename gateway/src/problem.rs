@@ -26,8 +26,22 @@ pub async fn finalize(request: Request, next: Next) -> Response {
     finalize_response(response, &request_id)
 }
 
+/// Seconds a client is told to wait (`Retry-After`) before retrying a 503 or 429.
+pub const RETRY_AFTER_SECS: &str = "1";
+
 fn finalize_response(mut response: Response, request_id: &str) -> Response {
     let status = response.status();
+    // A refusal that will pass by itself says when to come back.
+    if matches!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+    ) && !response.headers().contains_key(header::RETRY_AFTER)
+    {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(RETRY_AFTER_SECS),
+        );
+    }
     if let Some(draft) = response.extensions_mut().remove::<ProblemDraft>() {
         return render(
             response,
