@@ -7,6 +7,7 @@ mod binary;
 mod cluster;
 mod credits;
 mod errors;
+mod faults;
 mod helpers;
 mod http_limits;
 mod ledger_property;
