@@ -263,3 +263,252 @@ async fn postgresql_stopped_and_started_under_load_fails_fast_and_resumes_by_its
     .expect("invariant");
     assert_eq!(broken, 0);
 }
+
+const BINARY: &str = env!("CARGO_BIN_EXE_gateway");
+const SDK_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/centrifuge");
+
+/// A `gateway serve` process on `port`, killed on drop.
+fn node(database_url: &str, prefix: &str, port: u16, name: &str) -> tokio::process::Child {
+    tokio::process::Command::new(BINARY)
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", database_url)
+        .env(
+            "REDIS_URL",
+            std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        )
+        .env("HUB_REDIS_KEY_PREFIX", prefix)
+        .env("HUB_REALTIME__BROKER", "redis")
+        .env("HUB_JWT_SECRET", crate::helpers::SECRET)
+        .env("HUB_LISTEN", format!("127.0.0.1:{port}"))
+        .env("HUB_NODE_ID", name)
+        .env("HUB_DATABASE__MIGRATE_ON_START", "false")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn gateway serve")
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(response) = client.get(format!("{base}/readyz")).send().await
+            && response.status() == StatusCode::OK
+        {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{base} never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A TCP load balancer in front of `backends`: each connection goes to the first that accepts.
+async fn balancer(backends: Vec<std::net::SocketAddr>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            let backends = backends.clone();
+            tokio::spawn(async move {
+                for backend in backends {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(backend).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn a_node_killed_mid_task_loses_no_event_for_the_sdk_client_that_fails_over(db: PgPool) {
+    assert!(
+        std::path::Path::new(SDK_DIR)
+            .join("node_modules/centrifuge")
+            .exists(),
+        "run `npm ci` in gateway/tests/centrifuge (scripts/test does)"
+    );
+    crate::helpers::flat_price(&db, "render", 2).await;
+    let url = crate::helpers::database_url_for(&crate::helpers::database_name(&db));
+    let prefix = format!("failover-{}", uuid::Uuid::new_v4().simple());
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut node_a = node(&url, &prefix, port_a, "node-a");
+    let _node_b = node(&url, &prefix, port_b, "node-b");
+    let http = reqwest::Client::new();
+    let (a, b) = (
+        format!("http://127.0.0.1:{port_a}"),
+        format!("http://127.0.0.1:{port_b}"),
+    );
+    wait_ready(&http, &a).await;
+    wait_ready(&http, &b).await;
+    let lb = balancer(vec![
+        format!("127.0.0.1:{port_a}").parse().expect("a"),
+        format!("127.0.0.1:{port_b}").parse().expect("b"),
+    ])
+    .await;
+
+    let keys = gateway::auth::TokenKeys::new(
+        &secrecy::SecretString::from(crate::helpers::SECRET),
+        Duration::from_secs(86_400),
+    );
+    let token = |sub: &str, role: shared::Role| {
+        keys.mint(&gateway::auth::TokenRequest {
+            sub: sub.into(),
+            roles: vec![role],
+            account_id: None,
+            name: None,
+            ttl_seconds: 3_600,
+        })
+        .expect("mint")
+        .0
+    };
+    let (alice, finance, service) = (
+        token("alice", shared::Role::User),
+        token("finance-1", shared::Role::Finance),
+        token("renderer", shared::Role::Service),
+    );
+    let me = http
+        .get(format!("{b}/api/v1/sessions/me"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .expect("me");
+    assert_eq!(me.status(), StatusCode::OK);
+    let funded = http
+        .post(format!("{b}/api/v1/credits/adjust"))
+        .bearer_auth(&finance)
+        .header("idempotency-key", "fund")
+        .json(&json!({"account_id": "alice", "amount": 10_000, "reason": "fund"}))
+        .send()
+        .await
+        .expect("fund");
+    assert_eq!(funded.status(), StatusCode::CREATED);
+    let task: serde_json::Value = http
+        .post(format!("{b}/api/v1/tasks"))
+        .bearer_auth(&alice)
+        .json(&json!({"task_type": "render", "units": 10}))
+        .send()
+        .await
+        .expect("task")
+        .json()
+        .await
+        .expect("task json");
+    let task_id = task["id"].as_str().expect("id").to_owned();
+
+    let mut sdk = tokio::process::Command::new("node")
+        .arg("failover.mjs")
+        .current_dir(SDK_DIR)
+        .env(
+            "HUB_WS_URL",
+            format!("ws://127.0.0.1:{lb}/connection/websocket"),
+        )
+        .env("HUB_HTTP_URL", &b)
+        .env("HUB_TOKEN", &alice)
+        .env("HUB_TASK", &task_id)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+        sdk.stdout.take().expect("stdout"),
+    ));
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|line: &serde_json::Value| line["event"] == "subscribed")
+    {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("the SDK subscribes")
+            .expect("read")
+            .expect("the SDK runs");
+        seen.push(serde_json::from_str(&line).expect("json line"));
+    }
+
+    // A service posts the task's events through node B; node A, where the SDK is connected,
+    // is killed with SIGKILL half-way.
+    let post = |body: serde_json::Value| {
+        let (http, b, service, task_id) =
+            (http.clone(), b.clone(), service.clone(), task_id.clone());
+        async move {
+            let response = http
+                .post(format!("{b}/api/v1/tasks/{task_id}/events"))
+                .bearer_auth(&service)
+                .json(&body)
+                .send()
+                .await
+                .expect("event");
+            assert_eq!(response.status(), StatusCode::CREATED);
+        }
+    };
+    post(json!({"kind": "state", "state": "running"})).await;
+    for progress in 1..=20 {
+        if progress == 8 {
+            node_a.kill().await.expect("SIGKILL node A");
+        }
+        post(json!({"kind": "progress", "progress": progress * 4})).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    post(json!({"kind": "state", "state": "succeeded"})).await;
+    let last_seq = 1 + 1 + 20 + 1; // created, running, 20 progress, succeeded
+
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await
+    {
+        seen.push(serde_json::from_str(&line).expect("json line"));
+    }
+    let status = sdk.wait().await.expect("exit");
+    let report = seen
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(status.success(), "the SDK client did not finish:\n{report}");
+    assert!(
+        !seen.iter().any(|line| line["event"] == "duplicate"),
+        "a publication was delivered twice:\n{report}"
+    );
+    let mut learned: Vec<i64> = seen
+        .iter()
+        .filter(|line| line["event"] == "task_event")
+        .map(|line| line["seq"].as_i64().expect("seq"))
+        .collect();
+    learned.sort_unstable();
+    assert_eq!(
+        learned,
+        (1..=last_seq).collect::<Vec<_>>(),
+        "every event, none missing:\n{report}"
+    );
+    // Live and recovered publications arrive in order, across the failover.
+    let delivered: Vec<i64> = seen
+        .iter()
+        .filter(|line| line["event"] == "task_event" && line["via"] == "publication")
+        .map(|line| line["seq"].as_i64().expect("seq"))
+        .collect();
+    assert!(
+        delivered.windows(2).all(|pair| pair[0] < pair[1]),
+        "publications out of order:\n{report}"
+    );
+    assert!(
+        delivered.last() == Some(&last_seq),
+        "the terminal event came as a publication after the failover:\n{report}"
+    );
+    let connections = seen
+        .iter()
+        .filter(|line| line["event"] == "connected")
+        .count();
+    assert!(
+        connections >= 2,
+        "the SDK reconnected after the kill:\n{report}"
+    );
+}
