@@ -91,3 +91,104 @@ pub fn write(path: &Path, scenario: &str, timeline: &[Sample]) -> anyhow::Result
 fn chart_error(error: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("drawing the chart: {error}")
 }
+
+/// One point of a soak run's timeline, as scraped from the nodes' `/metrics`.
+pub struct SoakPoint {
+    /// Seconds since the start.
+    pub second: f64,
+    /// Resident memory, MiB.
+    pub rss_mib: f64,
+    /// Open file descriptors.
+    pub open_fds: f64,
+    /// Live session actors.
+    pub sessions: f64,
+    /// Live task and account actors.
+    pub other_actors: f64,
+    /// Operations queued for account actors.
+    pub mailbox_depth: f64,
+}
+
+/// A line of a soak panel: its name, colour and what it plots.
+type Line = (&'static str, RGBColor, fn(&SoakPoint) -> f64);
+
+/// A soak panel: where it is drawn, its caption and its lines.
+type Panel<'a, 'b> = (
+    &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    &'static str,
+    Vec<Line>,
+);
+
+/// Draws a soak run: resident memory and open descriptors (top), live actors and queue depth
+/// (bottom), over time.
+pub fn write_soak(path: &Path, points: &[SoakPoint]) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let root = SVGBackend::new(path, (960, 640)).into_drawing_area();
+    root.fill(&WHITE).map_err(chart_error)?;
+    let (top, bottom) = root.split_vertically(320);
+    let seconds = points.last().map_or(1.0, |point| point.second).max(1.0);
+    let panels: [Panel<'_, '_>; 2] = [
+        (
+            &top,
+            "soak: resident memory (MiB) and open descriptors",
+            vec![
+                ("RSS MiB", BLUE, |p: &SoakPoint| p.rss_mib),
+                ("open fds", RED, |p: &SoakPoint| p.open_fds),
+            ],
+        ),
+        (
+            &bottom,
+            "soak: live actors and queue depth",
+            vec![
+                ("sessions", GREEN, |p: &SoakPoint| p.sessions),
+                ("task + account actors", MAGENTA, |p: &SoakPoint| {
+                    p.other_actors
+                }),
+                ("ledger mailbox depth", BLACK, |p: &SoakPoint| {
+                    p.mailbox_depth
+                }),
+            ],
+        ),
+    ];
+    for (area, caption, series) in panels {
+        let max = points
+            .iter()
+            .flat_map(|point| series.iter().map(move |(_, _, pick)| pick(point)))
+            .fold(1.0_f64, f64::max)
+            * 1.1;
+        let mut chart = ChartBuilder::on(area)
+            .caption(caption, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(30)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..seconds, 0.0..max)
+            .map_err(chart_error)?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds")
+            .draw()
+            .map_err(chart_error)?;
+        for (name, color, pick) in series {
+            chart
+                .draw_series(LineSeries::new(
+                    points.iter().map(|point| (point.second, pick(point))),
+                    color.stroke_width(2),
+                ))
+                .map_err(chart_error)?
+                .label(name)
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .draw()
+            .map_err(chart_error)?;
+    }
+    root.present().map_err(chart_error)?;
+    println!("chart written to {}", path.display());
+    Ok(())
+}

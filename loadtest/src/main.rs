@@ -7,6 +7,7 @@ mod pushgateway;
 mod realtime;
 mod report;
 mod session;
+mod soak;
 mod tally;
 mod tokens;
 
@@ -42,6 +43,9 @@ enum Scenario {
     /// Reconnect storm: all sessions drop their sockets at once and reconnect recovering while
     /// publications continue; lost and duplicated events, and the time until every session is back.
     ReconnectStorm(realtime::StormArgs),
+    /// Soak: connection churn, publishing, slow readers and command floods for a set duration;
+    /// the nodes' memory, descriptors, actors and queue depths over time.
+    Soak(soak::SoakArgs),
 }
 
 #[tokio::main]
@@ -64,5 +68,6 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Push(args) => realtime::push(args, stop).await,
         Scenario::Fanout(args) => realtime::fanout(args, stop).await,
         Scenario::ReconnectStorm(args) => realtime::reconnect_storm(args, stop).await,
+        Scenario::Soak(args) => soak::run(args, stop).await,
     }
 }

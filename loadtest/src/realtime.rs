@@ -287,7 +287,7 @@ fn specs(
 
 /// Publishes `{type, seq, ts}` on channels chosen by `channel(n)` at `rate` per second for
 /// `duration` (open loop); `accepted[channel]` counts the 200s.
-struct Publisher {
+pub(crate) struct Publisher {
     client: reqwest::Client,
     target: String,
     token: String,
@@ -297,7 +297,7 @@ struct Publisher {
 }
 
 impl Publisher {
-    fn new(target: &str, minter: &Minter) -> anyhow::Result<Self> {
+    pub(crate) fn new(target: &str, minter: &Minter) -> anyhow::Result<Self> {
         Ok(Self {
             client: reqwest::Client::builder()
                 .pool_max_idle_per_host(256)
@@ -313,7 +313,12 @@ impl Publisher {
     }
 
     /// Publishes one; the sequence number is per channel, from 1.
-    fn spawn_one(&self, channel: String, tasks: &mut JoinSet<()>) {
+    pub(crate) fn spawn_one(&self, channel: String, tasks: &mut JoinSet<()>) {
+        self.spawn_one_with(channel, 0, tasks);
+    }
+
+    /// [`Publisher::spawn_one`] with `filler` bytes of padding in the data (to fill queues).
+    pub(crate) fn spawn_one_with(&self, channel: String, filler: usize, tasks: &mut JoinSet<()>) {
         let seq = {
             let mut next = self.next_seq.lock().unwrap_or_else(|p| p.into_inner());
             let seq = next.entry(channel.clone()).or_insert(0);
@@ -327,10 +332,13 @@ impl Publisher {
         );
         let (accepted, failed) = (self.accepted.clone(), self.failed.clone());
         tasks.spawn(async move {
-            let body = serde_json::json!({
+            let mut body = serde_json::json!({
                 "channel": channel,
                 "data": { "type": "loadtest", "seq": seq, "ts": now_ms() },
             });
+            if filler > 0 {
+                body["data"]["filler"] = "x".repeat(filler).into();
+            }
             let ok = match client.post(url).bearer_auth(token).json(&body).send().await {
                 Ok(response) => {
                     let ok = response.status().is_success();
@@ -380,7 +388,7 @@ impl Publisher {
         progress.finish();
     }
 
-    fn published(&self, subscribers: impl Fn(&str) -> u64) -> Published {
+    pub(crate) fn published(&self, subscribers: impl Fn(&str) -> u64) -> Published {
         let accepted = self.accepted.lock().unwrap_or_else(|p| p.into_inner());
         Published {
             accepted: accepted.values().sum(),

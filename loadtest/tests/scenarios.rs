@@ -382,3 +382,72 @@ async fn charge_applies_every_open_loop_charge_and_compares_the_batched_and_naiv
         "the ledger agrees with the report"
     );
 }
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn a_short_soak_mixes_churn_publishing_slow_readers_and_floods_and_reports_over_time(
+    db: PgPool,
+) {
+    let node = node(&db, "soak").await;
+    let report_path = scratch("soak.json");
+    let chart_path = scratch("soak.svg");
+    let report = run(
+        &[
+            "soak",
+            "--target",
+            &node.url,
+            "--duration",
+            "10",
+            "--sessions",
+            "30",
+            "--churn",
+            "4",
+            "--rate",
+            "30",
+            "--slow-reader-every",
+            "3",
+            "--flood-every",
+            "4",
+            "--sample-every",
+            "2",
+            "--settle",
+            "1",
+            "--sources",
+            "4",
+            "--prefix",
+            "soak-test",
+            "--chart",
+            chart_path.to_str().expect("path"),
+        ],
+        &report_path,
+    )
+    .await;
+
+    assert_eq!(number(&report, "/connect_errors"), 0, "{report}");
+    assert!(
+        number(&report, "/sessions_opened") > 30,
+        "churn reopened sessions"
+    );
+    assert!(number(&report, "/publications_accepted") > 0);
+    assert_eq!(number(&report, "/publications_failed"), 0);
+    assert!(number(&report, "/abuse/slow_readers") >= 2);
+    let floods = number(&report, "/abuse/floods");
+    assert!(floods >= 2);
+    // Every flood was cut off by the node (3013 too many requests or 3509 too many errors).
+    let closes = report["abuse"]["flood_closes"]
+        .as_object()
+        .expect("flood closes");
+    let cut: u64 = ["3013", "3509"]
+        .iter()
+        .filter_map(|code| closes.get(*code).and_then(Value::as_u64))
+        .sum();
+    assert_eq!(cut, floods, "{report}");
+    let samples = report["samples"].as_array().expect("samples");
+    assert!(samples.len() >= 4, "sampled over time: {report}");
+    assert!(
+        samples
+            .iter()
+            .all(|sample| sample["rss_bytes"].as_f64() > Some(0.0))
+    );
+    let chart = std::fs::read_to_string(&chart_path).expect("chart");
+    assert!(chart.contains("<svg") && chart.contains("open fds"));
+}
