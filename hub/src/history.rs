@@ -51,17 +51,45 @@ pub fn new_epoch() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-/// What a recovery attempt found.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Recovery {
-    /// Whether every missed publication is in `publications`.
-    pub recovered: bool,
-    /// The requested offset when recovered, else the top of the stream.
+/// A point in a channel's stream: an offset within an epoch. What a publish returns, what a
+/// node remembers of a channel it relays, what a client recovers from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StreamPosition {
+    /// Offset in the stream (0: nothing published yet).
     pub offset: u64,
     /// The stream's epoch.
     pub epoch: String,
+}
+
+/// What subscribing (and recovering) found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subscribed {
+    /// The stream's top when subscribed, or the requested offset when recovered.
+    pub position: StreamPosition,
+    /// Whether every missed publication is in `publications` (false when none was asked).
+    pub recovered: bool,
     /// The missed publications (empty unless recovered).
     pub publications: Vec<StreamPublication>,
+}
+
+impl Subscribed {
+    /// Subscribed at `position`, nothing recovered.
+    pub fn at(position: StreamPosition) -> Self {
+        Self {
+            position,
+            recovered: false,
+            publications: Vec::new(),
+        }
+    }
+
+    /// The offset the subscriber is at once it has these publications.
+    pub fn reached(&self) -> u64 {
+        self.publications
+            .last()
+            .map_or(self.position.offset, |last| {
+                last.offset.max(self.position.offset)
+            })
+    }
 }
 
 /// The stream of one channel.
@@ -83,9 +111,12 @@ impl Stream {
         }
     }
 
-    /// The stream's position: (top offset, epoch).
-    pub fn position(&self) -> (u64, &str) {
-        (self.top, &self.epoch)
+    /// The stream's position: its top offset and epoch.
+    pub fn position(&self) -> StreamPosition {
+        StreamPosition {
+            offset: self.top,
+            epoch: self.epoch.clone(),
+        }
     }
 
     /// Appends a publication; returns it with its offset.
@@ -136,10 +167,10 @@ impl Stream {
         epoch: &str,
         now: Instant,
         limits: HistoryLimits,
-    ) -> Recovery {
+    ) -> Subscribed {
         self.trim(now, limits);
         recover_from(
-            (self.top, &self.epoch),
+            &self.position(),
             self.history
                 .iter()
                 .map(|(publication, _)| publication.clone()),
@@ -149,23 +180,18 @@ impl Stream {
     }
 }
 
-/// The recovery rules over a stream at `position` (top, epoch) whose retained `history` is in
+/// The recovery rules over a stream at `position` (its top and epoch) whose retained `history` is in
 /// offset order: another epoch is not recovered; nothing missed is recovered exactly when the
 /// client is at the top; otherwise recovered only when history holds every publication from
 /// `offset + 1` to the top. Shared by the in-memory streams and the Redis ones.
 pub fn recover_from(
-    position: (u64, &str),
+    position: &StreamPosition,
     history: impl IntoIterator<Item = StreamPublication>,
     offset: u64,
     epoch: &str,
-) -> Recovery {
-    let (top, current) = position;
-    let not_recovered = || Recovery {
-        recovered: false,
-        offset: top,
-        epoch: current.to_owned(),
-        publications: Vec::new(),
-    };
+) -> Subscribed {
+    let (top, current) = (position.offset, position.epoch.as_str());
+    let not_recovered = || Subscribed::at(position.clone());
     if !epoch.is_empty() && epoch != current {
         return not_recovered();
     }
@@ -178,10 +204,12 @@ pub fn recover_from(
         (Some(first), Some(last)) => first.offset == offset + 1 && last.offset == top,
     };
     if recovered {
-        Recovery {
+        Subscribed {
+            position: StreamPosition {
+                offset,
+                epoch: current.to_owned(),
+            },
             recovered: true,
-            offset,
-            epoch: current.to_owned(),
             publications: missed,
         }
     } else {
@@ -213,7 +241,7 @@ mod tests {
         (stream, now)
     }
 
-    fn offsets(recovery: &Recovery) -> Vec<u64> {
+    fn offsets(recovery: &Subscribed) -> Vec<u64> {
         recovery
             .publications
             .iter()
@@ -224,13 +252,13 @@ mod tests {
     #[test]
     fn offsets_grow_by_one_per_publication() {
         let (stream, _) = stream_with(5);
-        assert_eq!(stream.position().0, 5);
+        assert_eq!(stream.position().offset, 5);
     }
 
     #[test]
     fn a_client_at_the_top_recovers_nothing_and_is_recovered() {
         let (mut stream, now) = stream_with(2);
-        let epoch = stream.position().1.to_owned();
+        let epoch = stream.position().epoch;
         let recovery = stream.recover(2, &epoch, now, LIMITS);
         assert!(recovery.recovered && recovery.publications.is_empty());
     }
@@ -238,19 +266,22 @@ mod tests {
     #[test]
     fn missed_publications_within_history_are_recovered_in_order() {
         let (mut stream, now) = stream_with(5);
-        let epoch = stream.position().1.to_owned();
+        let epoch = stream.position().epoch;
         let recovery = stream.recover(3, &epoch, now, LIMITS);
         assert!(recovery.recovered);
-        assert_eq!((offsets(&recovery), recovery.offset), (vec![4, 5], 3));
+        assert_eq!(
+            (offsets(&recovery), recovery.position.offset),
+            (vec![4, 5], 3)
+        );
     }
 
     #[test]
     fn a_gap_beyond_the_history_limit_is_not_recovered() {
         let (mut stream, now) = stream_with(5);
-        let epoch = stream.position().1.to_owned();
+        let epoch = stream.position().epoch;
         let recovery = stream.recover(1, &epoch, now, LIMITS);
         assert!(!recovery.recovered && recovery.publications.is_empty());
-        assert_eq!(recovery.offset, 5, "the client is told the top");
+        assert_eq!(recovery.position.offset, 5, "the client is told the top");
     }
 
     #[test]
@@ -258,13 +289,13 @@ mod tests {
         let (mut stream, now) = stream_with(2);
         let recovery = stream.recover(2, "older-epoch", now, LIMITS);
         assert!(!recovery.recovered);
-        assert_eq!(recovery.epoch, stream.position().1);
+        assert_eq!(recovery.position.epoch, stream.position().epoch);
     }
 
     #[test]
     fn expired_history_is_not_recovered() {
         let (mut stream, now) = stream_with(2);
-        let epoch = stream.position().1.to_owned();
+        let epoch = stream.position().epoch;
         let later = now + Duration::from_secs(61);
         assert!(!stream.recover(1, &epoch, later, LIMITS).recovered);
         assert!(stream.is_idle(later, LIMITS));
@@ -272,6 +303,9 @@ mod tests {
 
     #[test]
     fn each_stream_has_its_own_epoch() {
-        assert_ne!(Stream::new().position().1, Stream::new().position().1);
+        assert_ne!(
+            Stream::new().position().epoch,
+            Stream::new().position().epoch
+        );
     }
 }

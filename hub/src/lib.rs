@@ -3,6 +3,7 @@
 
 pub mod broker;
 pub mod channel;
+pub mod fanout;
 pub mod history;
 pub mod outbound;
 pub mod redis_link;

@@ -15,8 +15,11 @@
 //! resync (3010). Task events that could not be published while Redis was away are kept (bounded,
 //! in order) and published once it is back.
 
-use crate::broker::{Broker, BrokerError, Published, Subscribed};
-use crate::history::{HistoryLimits, StreamPublication, new_epoch, recover_from};
+use crate::broker::BrokerError;
+use crate::fanout::LocalChannels;
+use crate::history::{
+    HistoryLimits, StreamPosition, StreamPublication, Subscribed, new_epoch, recover_from,
+};
 use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSubSink};
 use serde_json::Value;
@@ -112,12 +115,12 @@ impl std::fmt::Debug for RedisLink {
 }
 
 impl RedisLink {
-    /// Starts the link task for `broker`.
+    /// Starts the link task, relaying publications into `local`.
     pub(crate) fn start(
         client: redis::Client,
         prefix: &str,
         limits: HistoryLimits,
-        broker: Weak<Broker>,
+        local: Arc<LocalChannels>,
     ) -> Arc<Self> {
         let link = Arc::new(Self {
             client,
@@ -130,7 +133,7 @@ impl RedisLink {
             kept: Mutex::new(VecDeque::new()),
             flushing: tokio::sync::Mutex::new(()),
         });
-        tokio::spawn(run(Arc::downgrade(&link), broker));
+        tokio::spawn(run(Arc::downgrade(&link), local));
         link
     }
 
@@ -181,7 +184,7 @@ impl RedisLink {
         &self,
         channel: &str,
         data: &Value,
-    ) -> Result<Published, BrokerError> {
+    ) -> Result<StreamPosition, BrokerError> {
         let mut commands = self.connections_soon().await?.commands;
         let (meta, stream) = self.keys(channel);
         let payload = serde_json::to_string(data).map_err(|error| redis_error("publish", error))?;
@@ -199,7 +202,7 @@ impl RedisLink {
             .invoke_async(&mut commands)
             .await
             .map_err(|error| redis_error("publish", error))?;
-        Ok(Published { offset: top, epoch })
+        Ok(StreamPosition { offset: top, epoch })
     }
 
     /// Publishes, or keeps the publication for when the link is back (order kept).
@@ -285,7 +288,7 @@ impl RedisLink {
         &self,
         channel: &str,
         recover: Option<(u64, &str)>,
-    ) -> Result<((u64, String), Subscribed), BrokerError> {
+    ) -> Result<(StreamPosition, Subscribed), BrokerError> {
         let mut commands = self.connections_soon().await?.commands;
         let (meta, stream) = self.keys(channel);
         let since = recover.map_or(-1, |(offset, _)| offset as i64);
@@ -300,17 +303,9 @@ impl RedisLink {
             .invoke_async(&mut commands)
             .await
             .map_err(|error| redis_error("read", error))?;
-        let position = (top, epoch.clone());
+        let position = StreamPosition { offset: top, epoch };
         let Some((offset, requested_epoch)) = recover else {
-            return Ok((
-                position,
-                Subscribed {
-                    offset: top,
-                    epoch,
-                    recovered: false,
-                    publications: Vec::new(),
-                },
-            ));
+            return Ok((position.clone(), Subscribed::at(position)));
         };
         let oldest = now_ms() - self.limits.ttl.as_millis() as i64;
         let history = entries.into_iter().filter_map(|(id, fields)| {
@@ -329,41 +324,42 @@ impl RedisLink {
                 data: Arc::new(data?),
             })
         });
-        let recovery = recover_from((top, &epoch), history, offset, requested_epoch);
-        Ok((position, recovery.into()))
+        let recovery = recover_from(&position, history, offset, requested_epoch);
+        Ok((position, recovery))
     }
 
-    /// Reads a channel's (top, epoch) without recovering.
-    async fn position(&self, channel: &str) -> Result<(u64, String), BrokerError> {
+    /// Reads a channel's position (top, epoch) without recovering.
+    async fn position(&self, channel: &str) -> Result<StreamPosition, BrokerError> {
         Ok(self.read(channel, None).await?.0)
     }
 }
 
 /// Parses a topic message `{offset} {epoch} {data}`.
-fn parse_message(payload: &[u8]) -> Option<(u64, String, Value)> {
+fn parse_message(payload: &[u8]) -> Option<(StreamPosition, Value)> {
     let text = std::str::from_utf8(payload).ok()?;
     let mut parts = text.splitn(3, ' ');
     let offset = parts.next()?.parse().ok()?;
     let epoch = parts.next()?.to_owned();
     let data = serde_json::from_str(parts.next()?).ok()?;
-    Some((offset, epoch, data))
+    Some((StreamPosition { offset, epoch }, data))
 }
 
 /// The link task: connect, resubscribe, check positions, relay messages; again on failure.
-async fn run(link: Weak<RedisLink>, broker: Weak<Broker>) {
+async fn run(weak: Weak<RedisLink>, local: Arc<LocalChannels>) {
     let mut backoff = Duration::from_millis(100);
     let mut connected_before = false;
     loop {
-        let (Some(link), Some(broker)) = (link.upgrade(), broker.upgrade()) else {
+        // Held only while used: once the broker (the link's owner) is gone, the task ends.
+        let Some(link) = weak.upgrade() else {
             return;
         };
         match connect(&link).await {
             Ok((connections, mut messages)) => {
                 backoff = Duration::from_millis(100);
-                if let Err(error) = relink(&link, &broker, connections).await {
+                if let Err(error) = relink(&link, &local, connections).await {
                     tracing::warn!(%error, "cannot restore Redis subscriptions; reconnecting");
                     link.set_live(None);
-                    drop((link, broker));
+                    drop(link);
                     tokio::time::sleep(backoff).await;
                     continue;
                 }
@@ -373,21 +369,24 @@ async fn run(link: Weak<RedisLink>, broker: Weak<Broker>) {
                 }
                 connected_before = true;
                 link.flush().await;
-                let broker = Arc::downgrade(&broker);
+                let prefix = format!("{}:pub:", link.prefix);
+                drop(link);
                 let mut ping = tokio::time::interval(PING_EVERY);
                 ping.tick().await;
                 loop {
                     tokio::select! {
                         message = messages.next() => {
                             let Some(message) = message else { break };
-                            let Some(broker) = broker.upgrade() else { return };
+                            if weak.strong_count() == 0 {
+                                return;
+                            }
                             let topic = message.get_channel_name();
-                            let Some(channel) = topic.strip_prefix(&format!("{}:pub:", link.prefix)) else {
+                            let Some(channel) = topic.strip_prefix(&prefix) else {
                                 continue;
                             };
                             match parse_message(message.get_payload_bytes()) {
-                                Some((offset, epoch, data)) => {
-                                    broker.deliver_remote(channel, offset, &epoch, data);
+                                Some((position, data)) => {
+                                    local.deliver_remote(channel, position, data);
                                 }
                                 None => {
                                     redis_error("message", "unparsable topic message");
@@ -395,6 +394,7 @@ async fn run(link: Weak<RedisLink>, broker: Weak<Broker>) {
                             }
                         }
                         _ = ping.tick() => {
+                            let Some(link) = weak.upgrade() else { return };
                             let Ok(Connections { mut topics, .. }) = link.connections() else { break };
                             let alive = tokio::time::timeout(TIMEOUT, topics.ping::<redis::Value>()).await;
                             if !matches!(alive, Ok(Ok(_))) {
@@ -403,6 +403,7 @@ async fn run(link: Weak<RedisLink>, broker: Weak<Broker>) {
                         }
                     }
                 }
+                let Some(link) = weak.upgrade() else { return };
                 redis_error("link", "the Redis link dropped");
                 tracing::warn!("Redis link down: reconnecting");
                 link.set_live(None);
@@ -438,10 +439,10 @@ async fn connect(link: &RedisLink) -> Result<(Connections, redis::aio::PubSubStr
 /// while the link was down resync; the link is up once done.
 async fn relink(
     link: &RedisLink,
-    broker: &Broker,
+    local: &LocalChannels,
     connections: Connections,
 ) -> Result<(), BrokerError> {
-    let channels = broker.listened_channels();
+    let channels = local.listened_channels();
     let mut topics = connections.topics.clone();
     if !channels.is_empty() {
         let names: Vec<String> = channels.iter().map(|channel| link.topic(channel)).collect();
@@ -452,8 +453,8 @@ async fn relink(
     }
     link.set_live(Some(connections));
     for channel in channels {
-        let (top, epoch) = link.position(&channel).await?;
-        broker.check_position(&channel, top, &epoch);
+        let position = link.position(&channel).await?;
+        local.check_position(&channel, position);
     }
     Ok(())
 }

@@ -350,7 +350,7 @@ impl SessionState {
         self.joining.push((
             channel.to_owned(),
             subscribed.reached(),
-            subscribed.epoch.clone(),
+            subscribed.position.epoch.clone(),
         ));
         metrics::gauge!("hub_subscriptions").increment(1.0);
         if recover.is_some() {
@@ -364,8 +364,8 @@ impl SessionState {
         Some(SubscribeResult {
             recoverable: true,
             positioned: true,
-            epoch: subscribed.epoch,
-            offset: subscribed.offset,
+            epoch: subscribed.position.epoch,
+            offset: subscribed.position.offset,
             recovered: subscribed.recovered,
             was_recovering: recover.is_some(),
             publications: subscribed
