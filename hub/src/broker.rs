@@ -16,8 +16,10 @@
 //! has a bounded queue; one that cannot keep up is cut off and told so through its `overflow`
 //! token (its session then disconnects it with 3008), never slowed down for others.
 
-pub use crate::fanout::{Delivery, Subscriber, push_frame};
+pub use crate::fanout::Subscriber;
 pub use crate::history::{StreamPosition, Subscribed};
+pub use crate::outbound::{Delivery, push_frame};
+pub use crate::redis_link::BrokerError;
 
 use crate::fanout::{LocalChannels, lock, observe_latency};
 use crate::history::HistoryLimits;
@@ -25,14 +27,6 @@ use crate::redis_link::RedisLink;
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-
-/// Why the broker could not do something.
-#[derive(Debug, thiserror::Error)]
-pub enum BrokerError {
-    /// Redis is unreachable or refused the command.
-    #[error("redis: {0}")]
-    Redis(String),
-}
 
 /// Where the channels' streams live.
 #[derive(Debug)]

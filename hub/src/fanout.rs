@@ -5,7 +5,7 @@
 //! into it and checks its positions after a reconnect; it depends on this, not on the broker.
 
 use crate::history::{HistoryLimits, Stream, StreamPosition, StreamPublication};
-use crate::outbound::Outbound;
+use crate::outbound::{Delivery, Outbound};
 use dashmap::DashMap;
 use serde_json::Value;
 use shared::protocol::disconnect;
@@ -14,36 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-/// A publication on its way to a subscriber: the push frame, serialized once for all of them.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    /// The channel.
-    pub channel: Arc<str>,
-    /// The publication.
-    pub publication: StreamPublication,
-    /// `{"push":{"channel":…,"pub":{"data":…,"offset":…}}}`.
-    pub frame: Arc<str>,
-}
-
-impl Delivery {
-    /// The delivery of `publication` on `channel`.
-    pub fn new(channel: Arc<str>, publication: StreamPublication) -> Arc<Self> {
-        Arc::new(Self {
-            frame: push_frame(&channel, &publication),
-            channel,
-            publication,
-        })
-    }
-}
-
-/// The push frame of a publication on `channel`.
-pub fn push_frame(channel: &str, publication: &StreamPublication) -> Arc<str> {
-    let frame = serde_json::json!({
-        "push": { "channel": channel, "pub": { "data": &*publication.data, "offset": publication.offset } }
-    });
-    Arc::from(frame.to_string())
-}
 
 /// A local subscriber: where its deliveries go and how to tell it it fell behind.
 #[derive(Debug, Clone)]

@@ -1,7 +1,38 @@
-//! What flows from a session to its transport: one bounded queue per session.
+//! What flows from a session to its transport: one bounded queue per session, and the
+//! publications that go into it (serialized once for every subscriber).
 
-use crate::broker::Delivery;
+use crate::history::StreamPublication;
 use std::sync::Arc;
+
+/// A publication on its way to a subscriber: the push frame, serialized once for all of them.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The channel.
+    pub channel: Arc<str>,
+    /// The publication.
+    pub publication: StreamPublication,
+    /// `{"push":{"channel":…,"pub":{"data":…,"offset":…}}}`.
+    pub frame: Arc<str>,
+}
+
+impl Delivery {
+    /// The delivery of `publication` on `channel`.
+    pub fn new(channel: Arc<str>, publication: StreamPublication) -> Arc<Self> {
+        Arc::new(Self {
+            frame: push_frame(&channel, &publication),
+            channel,
+            publication,
+        })
+    }
+}
+
+/// The push frame of a publication on `channel`.
+pub fn push_frame(channel: &str, publication: &StreamPublication) -> Arc<str> {
+    let frame = serde_json::json!({
+        "push": { "channel": channel, "pub": { "data": &*publication.data, "offset": publication.offset } }
+    });
+    Arc::from(frame.to_string())
+}
 
 /// An item for the transport to write.
 #[derive(Debug, Clone)]

@@ -15,7 +15,6 @@
 //! resync (3010). Task events that could not be published while Redis was away are kept (bounded,
 //! in order) and published once it is back.
 
-use crate::broker::BrokerError;
 use crate::fanout::LocalChannels;
 use crate::history::{
     HistoryLimits, StreamPosition, StreamPublication, Subscribed, new_epoch, recover_from,
@@ -69,6 +68,14 @@ if since >= 0 and top > since then
 end
 return {top, epoch, entries}
 ";
+
+/// Why the broker could not do something (only the Redis backend can fail).
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// Redis is unreachable or refused the command.
+    #[error("redis: {0}")]
+    Redis(String),
+}
 
 fn now_ms() -> i64 {
     SystemTime::now()
