@@ -13,5 +13,6 @@ pub mod pricing;
 pub mod seed;
 pub mod sessions;
 pub mod tasks;
+pub mod wechat;
 
 pub use error::{DomainError, DomainResult};

@@ -51,6 +51,24 @@ async fn slot_and_session_freed(app: &TestApp, limit: Duration) -> Option<Durati
     None
 }
 
+/// Waits for alice's session, floods her channel, and expects her slot and session to be gone
+/// within the deadline although her client never reads.
+async fn bury_and_expect_freed(app: &TestApp, client: &str) {
+    let started = Instant::now();
+    while app.state.realtime.supervisor.get_children().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(5), "no session");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    flood_channel(app, "user:alice", 3_000).await;
+
+    let freed = slot_and_session_freed(app, Duration::from_secs(10)).await;
+    assert!(
+        freed.is_some(),
+        "{client} that never reads still holds its slot or session"
+    );
+}
+
 #[sqlx::test(migrator = "domain::db::MIGRATOR")]
 async fn a_websocket_client_that_never_reads_loses_its_slot_and_session_within_the_deadline(
     db: PgPool,
@@ -77,20 +95,8 @@ async fn a_websocket_client_that_never_reads_loses_its_slot_and_session_within_t
         ))
         .await
         .expect("connect");
-    // Never read again. Wait for the session to exist, then bury it.
-    let started = Instant::now();
-    while app.state.realtime.supervisor.get_children().is_empty() {
-        assert!(started.elapsed() < Duration::from_secs(5), "no session");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    flood_channel(&app, "user:alice", 3_000).await;
-
-    let freed = slot_and_session_freed(&app, Duration::from_secs(10)).await;
-    assert!(
-        freed.is_some(),
-        "a client that never reads still holds its slot or session"
-    );
+    // Never read again.
+    bury_and_expect_freed(&app, "a WebSocket client").await;
     drop(socket);
 }
 
@@ -112,19 +118,7 @@ async fn an_sse_client_that_never_reads_loses_its_slot_and_session_within_the_de
         )
         .await
         .expect("request");
-    let started = Instant::now();
-    while app.state.realtime.supervisor.get_children().is_empty() {
-        assert!(started.elapsed() < Duration::from_secs(5), "no session");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    flood_channel(&app, "user:alice", 3_000).await;
-
-    let freed = slot_and_session_freed(&app, Duration::from_secs(10)).await;
-    assert!(
-        freed.is_some(),
-        "an SSE client that never reads still holds its slot or session"
-    );
+    bury_and_expect_freed(&app, "an SSE client").await;
     drop(stream);
 }
 
