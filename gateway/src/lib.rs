@@ -19,6 +19,7 @@ pub mod settings;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;
+pub mod wechat_sandbox;
 
 use anyhow::Context;
 use axum::Router;

@@ -232,6 +232,52 @@ impl PlatformVerifier {
     }
 }
 
+/// An RSA public key checking RSASSA-PKCS1-v1_5 SHA-256 signatures: WeChat's key on the merchant
+/// side, the merchant's on the sandbox's side.
+pub struct PublicKey {
+    key: VerifyingKey<Sha256>,
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PublicKey(..)")
+    }
+}
+
+impl PublicKey {
+    /// From an SPKI PEM (`-----BEGIN PUBLIC KEY-----`).
+    pub fn from_pem(pem: &str) -> Result<Self, KeyError> {
+        let key = rsa::RsaPublicKey::from_public_key_pem(pem.trim())
+            .map_err(|error| KeyError::Invalid(format!("not an RSA public key: {error}")))?;
+        Ok(Self {
+            key: VerifyingKey::new(key),
+        })
+    }
+
+    /// Whether `signature_base64` signs `message`.
+    pub fn verifies(&self, message: &[u8], signature_base64: &str) -> bool {
+        let Ok(bytes) = STANDARD.decode(signature_base64) else {
+            return false;
+        };
+        let Ok(signature) = Signature::try_from(bytes.as_slice()) else {
+            return false;
+        };
+        self.key.verify(message, &signature).is_ok()
+    }
+}
+
+/// The parameters of an `Authorization: WECHATPAY2-SHA256-RSA2048 k="v",…` header, in any order.
+pub fn parse_authorization(header: &str) -> Option<std::collections::BTreeMap<String, String>> {
+    let params = header.strip_prefix(SCHEME)?.trim();
+    let mut parsed = std::collections::BTreeMap::new();
+    for pair in params.split(',') {
+        let (name, value) = pair.trim().split_once('=')?;
+        let value = value.strip_prefix('"')?.strip_suffix('"')?;
+        parsed.insert(name.to_owned(), value.to_owned());
+    }
+    Some(parsed)
+}
+
 /// Why a notification resource could not be decrypted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecryptError {

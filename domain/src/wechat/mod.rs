@@ -3,3 +3,4 @@
 //! `shared/spec/wechat.md` (§C, §D); the HTTP client, the login flow and the sandbox build on these.
 
 pub mod apiv3;
+pub mod client;

@@ -22,3 +22,4 @@ mod sdk;
 mod sessions;
 mod sse;
 mod tasks;
+mod wechat;
