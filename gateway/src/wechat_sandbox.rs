@@ -13,7 +13,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use domain::wechat::apiv3::{
-    MerchantSigner, PublicKey, SCHEME, answer_message, parse_authorization, request_message,
+    MerchantSigner, PublicKey, SCHEME, SignedHeaders, answer_message, encrypt_resource,
+    parse_authorization, request_message,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,6 +34,64 @@ pub struct SandboxConfig {
     pub wechat_signer: MerchantSigner,
     /// The id of the sandbox's public key (`PUB_KEY_ID_…`).
     pub wechat_public_key_id: String,
+}
+
+impl SandboxConfig {
+    /// A payment notification as WeChat Pay sends it to `notify_url` (§D.4): the envelope with the
+    /// transaction encrypted under `apiv3_key` (AES-256-GCM, 12-character nonce, AAD
+    /// `transaction`), signed like an answer; a `WECHATPAY/SIGNTEST/` probe when `probe`.
+    pub fn notification(
+        &self,
+        apiv3_key: &str,
+        transaction: &serde_json::Value,
+        probe: bool,
+    ) -> Result<(SignedHeaders, Vec<u8>), String> {
+        let nonce: String = random_hex(6);
+        let ciphertext = encrypt_resource(
+            apiv3_key,
+            &nonce,
+            "transaction",
+            transaction.to_string().as_bytes(),
+        )
+        .map_err(|error| error.to_string())?;
+        let body = serde_json::json!({
+            "id": uuid::Uuid::new_v4().to_string(),
+            "create_time": chrono::Utc::now()
+                .with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).ok_or("offset")?)
+                .format("%Y-%m-%dT%H:%M:%S%:z")
+                .to_string(),
+            "resource_type": "encrypt-resource",
+            "event_type": "TRANSACTION.SUCCESS",
+            "summary": "支付成功",
+            "resource": {
+                "original_type": "transaction",
+                "algorithm": "AEAD_AES_256_GCM",
+                "ciphertext": ciphertext,
+                "associated_data": "transaction",
+                "nonce": nonce,
+            },
+        })
+        .to_string()
+        .into_bytes();
+        let timestamp = chrono::Utc::now().timestamp().to_string();
+        let header_nonce = random_hex(16);
+        let signature = if probe {
+            format!("WECHATPAY/SIGNTEST/{}", random_hex(32))
+        } else {
+            self.wechat_signer
+                .sign(&answer_message(&timestamp, &header_nonce, &body))
+                .map_err(|error| error.to_string())?
+        };
+        Ok((
+            SignedHeaders {
+                timestamp: Some(timestamp),
+                nonce: Some(header_nonce),
+                signature: Some(signature),
+                serial: Some(self.wechat_public_key_id.clone()),
+            },
+            body,
+        ))
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -321,6 +321,34 @@ pub fn decrypt_resource(
         .map_err(|_| DecryptError::Authentication)
 }
 
+/// Encrypts a notification `resource` as WeChat Pay does (the sandbox's side of
+/// [`decrypt_resource`]): base64 of the ciphertext followed by the 16-byte tag.
+pub fn encrypt_resource(
+    apiv3_key: &str,
+    nonce: &str,
+    associated_data: &str,
+    plaintext: &[u8],
+) -> Result<String, DecryptError> {
+    if apiv3_key.len() != 32 {
+        return Err(DecryptError::Parameters("the APIv3 key must be 32 bytes"));
+    }
+    if nonce.len() != 12 {
+        return Err(DecryptError::Parameters("the nonce must be 12 bytes"));
+    }
+    let cipher = Aes256Gcm::new_from_slice(apiv3_key.as_bytes())
+        .map_err(|_| DecryptError::Parameters("the APIv3 key must be 32 bytes"))?;
+    let sealed = cipher
+        .encrypt(
+            Nonce::from_slice(nonce.as_bytes()),
+            Payload {
+                msg: plaintext,
+                aad: associated_data.as_bytes(),
+            },
+        )
+        .map_err(|_| DecryptError::Authentication)?;
+    Ok(STANDARD.encode(sealed))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,6 +383,14 @@ mod tests {
         assert_eq!(
             decrypt_resource(KEY, NONCE, "transaction", "not base64!"),
             Err(DecryptError::Encoding)
+        );
+    }
+
+    #[test]
+    fn encrypting_the_known_plaintext_gives_the_known_ciphertext() {
+        assert_eq!(
+            encrypt_resource(KEY, NONCE, "transaction", PLAINTEXT.as_bytes()).expect("encrypts"),
+            CIPHERTEXT
         );
     }
 

@@ -4,3 +4,4 @@
 
 pub mod apiv3;
 pub mod client;
+pub mod notify;

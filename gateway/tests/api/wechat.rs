@@ -59,15 +59,7 @@ struct World {
 async fn world() -> World {
     let (merchant_private, merchant_public) = openssl_key_pair("merchant");
     let (wechat_private, wechat_public) = openssl_key_pair("wechat");
-    let sandbox = router(SandboxConfig {
-        mchid: MCHID.into(),
-        appid: APPID.into(),
-        merchant_serial_no: MERCHANT_SERIAL.into(),
-        merchant_public_key: PublicKey::from_pem(&merchant_public).expect("merchant key"),
-        wechat_signer: MerchantSigner::from_pem("wechat", PUB_KEY_ID, &wechat_private)
-            .expect("wechat key"),
-        wechat_public_key_id: PUB_KEY_ID.into(),
-    });
+    let sandbox = router(sandbox_config(&merchant_public, &wechat_private));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -221,4 +213,76 @@ async fn a_probe_signature_and_a_foreign_merchant_key_are_refused() {
     let fooled = client(&world.base, &world.merchant_private, &other_public);
     let forged = fooled.native_order(&order("RC20261206000005", 100)).await;
     assert!(matches!(forged, Err(PayError::Forged(_))), "{forged:?}");
+}
+
+fn sandbox_config(merchant_public: &str, wechat_private: &str) -> SandboxConfig {
+    SandboxConfig {
+        mchid: MCHID.into(),
+        appid: APPID.into(),
+        merchant_serial_no: MERCHANT_SERIAL.into(),
+        merchant_public_key: PublicKey::from_pem(merchant_public).expect("merchant key"),
+        wechat_signer: MerchantSigner::from_pem("wechat", PUB_KEY_ID, wechat_private)
+            .expect("wechat key"),
+        wechat_public_key_id: PUB_KEY_ID.into(),
+    }
+}
+
+#[test]
+fn a_notification_is_read_only_when_signed_by_wechat_and_decrypted_with_the_apiv3_key() {
+    use domain::wechat::notify::{NotifyError, read};
+    let (_, merchant_public) = openssl_key_pair("merchant");
+    let (wechat_private, wechat_public) = openssl_key_pair("wechat");
+    let sandbox = sandbox_config(&merchant_public, &wechat_private);
+    let verifier = PlatformVerifier::from_pem(PUB_KEY_ID, &wechat_public).expect("verifier");
+    let apiv3_key = "0123456789abcdefghijklmnopqrstuv";
+    let transaction = serde_json::json!({
+        "mchid": MCHID, "appid": APPID, "out_trade_no": "RC20261206000009",
+        "transaction_id": "4200000000202612060000000009", "trade_type": "NATIVE",
+        "trade_state": "SUCCESS", "trade_state_desc": "支付成功", "bank_type": "OTHERS",
+        "attach": "order-9", "success_time": "2026-12-06T12:00:05+08:00",
+        "payer": { "openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o" },
+        "amount": { "total": 990, "payer_total": 990, "currency": "CNY", "payer_currency": "CNY" },
+    });
+    let now = chrono::Utc::now().timestamp();
+
+    let (headers, body) = sandbox
+        .notification(apiv3_key, &transaction, false)
+        .expect("notification");
+    let read_back = read(&verifier, apiv3_key, &headers, &body, now).expect("read");
+    assert_eq!(read_back.event_type, "TRANSACTION.SUCCESS");
+    assert_eq!(read_back.transaction.out_trade_no, "RC20261206000009");
+    assert_eq!(read_back.transaction.trade_state, "SUCCESS");
+    assert_eq!(read_back.transaction.amount.total, 990);
+    assert_eq!(read_back.transaction.attach.as_deref(), Some("order-9"));
+
+    // Another APIv3 key: verified, but the resource does not decrypt.
+    assert!(matches!(
+        read(
+            &verifier,
+            "vutsrqponmlkjihgfedcba9876543210",
+            &headers,
+            &body,
+            now
+        ),
+        Err(NotifyError::Decrypt(_))
+    ));
+    // A tampered body, a probe, a stale one: refused before decryption.
+    let mut tampered = body.clone();
+    let last = tampered.len() - 2;
+    tampered[last] = b' ';
+    assert!(matches!(
+        read(&verifier, apiv3_key, &headers, &tampered, now),
+        Err(NotifyError::Forged(_))
+    ));
+    let (probe_headers, probe_body) = sandbox
+        .notification(apiv3_key, &transaction, true)
+        .expect("probe");
+    assert!(matches!(
+        read(&verifier, apiv3_key, &probe_headers, &probe_body, now),
+        Err(NotifyError::Forged(_))
+    ));
+    assert!(matches!(
+        read(&verifier, apiv3_key, &headers, &body, now + 600),
+        Err(NotifyError::Forged(_))
+    ));
 }
