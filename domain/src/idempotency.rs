@@ -296,21 +296,31 @@ pub async fn complete(
     complete_many(&mut conn, &[(claim, response)]).await
 }
 
+/// The condition naming exactly one claim: its key and its owner token (`$1`…`$5`).
+const BY_CLAIM: &str = "caller_id = $1 and account_id = $2 and route = $3 and key = $4 \
+                        and owner_token = $5";
+
+/// A query over [`BY_CLAIM`] with `claim`'s values bound.
+fn by_claim<'q>(
+    sql: &'q str,
+    claim: &'q Claimed,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sql)
+        .bind(&claim.key.caller_id)
+        .bind(&claim.key.account_id)
+        .bind(&claim.key.route)
+        .bind(&claim.key.key)
+        .bind(claim.token)
+}
+
 /// The answer `claim` itself completed its key with, if it did: for a caller that learns its
 /// outcome only as an error after the act's own transaction stored the answer.
 pub async fn stored_by(pool: &PgPool, claim: &Claimed) -> DomainResult<Option<StoredResponse>> {
-    let row = sqlx::query(
+    let sql = format!(
         "select response_status, response_body from idempotency_keys \
-         where caller_id = $1 and account_id = $2 and route = $3 and key = $4 \
-           and owner_token = $5 and status = 'completed'",
-    )
-    .bind(&claim.key.caller_id)
-    .bind(&claim.key.account_id)
-    .bind(&claim.key.route)
-    .bind(&claim.key.key)
-    .bind(claim.token)
-    .fetch_optional(pool)
-    .await?;
+         where {BY_CLAIM} and status = 'completed'"
+    );
+    let row = by_claim(&sql, claim).fetch_optional(pool).await?;
     Ok(row.map(|row| StoredResponse {
         status: u16::try_from(row.get::<i16, _>("response_status")).unwrap_or(500),
         body: row.get("response_body"),
@@ -322,18 +332,8 @@ pub async fn stored_by(pool: &PgPool, claim: &Claimed) -> DomainResult<Option<St
 /// be running: an act that has not locked its claim yet finds it gone and is not applied; one
 /// that has makes this wait for its commit, after which the key is completed and stays.
 pub async fn release(pool: &PgPool, claim: &Claimed) -> DomainResult<()> {
-    sqlx::query(
-        "delete from idempotency_keys \
-         where caller_id = $1 and account_id = $2 and route = $3 and key = $4 \
-           and owner_token = $5 and status = 'in_flight'",
-    )
-    .bind(&claim.key.caller_id)
-    .bind(&claim.key.account_id)
-    .bind(&claim.key.route)
-    .bind(&claim.key.key)
-    .bind(claim.token)
-    .execute(pool)
-    .await?;
+    let sql = format!("delete from idempotency_keys where {BY_CLAIM} and status = 'in_flight'");
+    by_claim(&sql, claim).execute(pool).await?;
     Ok(())
 }
 

@@ -1,9 +1,7 @@
 //! `/credits/*` over HTTP against real PostgreSQL: idempotency, concurrency across two nodes,
 //! refunds, permissions, validation, estimates.
 
-use crate::helpers::{
-    TestApp, assert_problem, database_name, database_url_for, funded_user, spawn_app,
-};
+use crate::helpers::{assert_problem, database_name, database_url_for, funded_user, spawn_app};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use shared::Role;
@@ -12,21 +10,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 const CHARGE: &str = "/api/v1/credits/charge";
-
-async fn post(
-    app: &TestApp,
-    path: &str,
-    token: &str,
-    key: &str,
-    body: &Value,
-) -> reqwest::Response {
-    app.request(Method::POST, path, Some(token))
-        .header("idempotency-key", key)
-        .json(body)
-        .send()
-        .await
-        .expect("request")
-}
 
 async fn count(db: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(db).await.expect(sql)
@@ -42,7 +25,7 @@ async fn two_hundred_concurrent_charges_with_one_key_write_one_row(db: PgPool) {
     for _ in 0..200 {
         let (app, token, body) = (app.clone(), token.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
-            let response = post(&app, CHARGE, &token, "same-key", &body).await;
+            let response = app.post_keyed(CHARGE, &token, "same-key", &body).await;
             let status = response.status();
             let replayed = response.headers().contains_key("idempotent-replayed");
             (status, replayed, response.bytes().await.expect("body"))
@@ -83,14 +66,14 @@ async fn two_hundred_concurrent_charges_with_one_key_write_one_row(db: PgPool) {
             other => panic!("unexpected {other}"),
         }
     }
-    let other = post(
-        &app,
-        CHARGE,
-        &token,
-        "same-key",
-        &json!({"amount": 8, "reason": "render"}),
-    )
-    .await;
+    let other = app
+        .post_keyed(
+            CHARGE,
+            &token,
+            "same-key",
+            &json!({"amount": 8, "reason": "render"}),
+        )
+        .await;
     assert_problem(
         other,
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -135,7 +118,9 @@ async fn a_thousand_charges_over_two_nodes_keep_every_invariant(db: PgPool) {
         tasks.push(tokio::spawn(async move {
             let _permit = limiter.acquire().await.expect("permit");
             let body = json!({"amount": amount, "reason": "load"});
-            let response = post(&node, CHARGE, &token, &format!("charge-{i}"), &body).await;
+            let response = node
+                .post_keyed(CHARGE, &token, &format!("charge-{i}"), &body)
+                .await;
             response.status()
         }));
     }
@@ -186,17 +171,17 @@ async fn concurrent_refunds_across_two_nodes_never_exceed_the_charge(db: PgPool)
         .expect("second pool");
     let node_b = Arc::new(spawn_app(second_pool).await);
     let token = funded_user(&node_a, "alice", 100).await;
-    let charged: Value = post(
-        &node_a,
-        CHARGE,
-        &token,
-        "c1",
-        &json!({"amount": 60, "reason": "job"}),
-    )
-    .await
-    .json()
-    .await
-    .expect("charge");
+    let charged: Value = node_a
+        .post_keyed(
+            CHARGE,
+            &token,
+            "c1",
+            &json!({"amount": 60, "reason": "job"}),
+        )
+        .await
+        .json()
+        .await
+        .expect("charge");
     let charge_id = charged["entry_id"].as_i64().expect("entry id");
     let finance = Arc::new(node_a.token("fin", &[Role::Finance]));
 
@@ -210,8 +195,7 @@ async fn concurrent_refunds_across_two_nodes_never_exceed_the_charge(db: PgPool)
         let finance = finance.clone();
         tasks.push(tokio::spawn(async move {
             let body = json!({"charge_entry_id": charge_id, "amount": 8, "reason": "goodwill"});
-            post(
-                &node,
+            node.post_keyed(
                 "/api/v1/credits/refund",
                 &finance,
                 &format!("refund-{i}"),
@@ -245,19 +229,18 @@ async fn a_charge_without_funds_is_402_writes_nothing_and_is_replayed(db: PgPool
     let token = funded_user(&app, "alice", 5).await;
     let body = json!({"amount": 6, "reason": "too much"});
 
-    let first = post(&app, CHARGE, &token, "k", &body).await;
+    let first = app.post_keyed(CHARGE, &token, "k", &body).await;
     let first = assert_problem(first, StatusCode::PAYMENT_REQUIRED, "insufficient_credits").await;
     // Funds arrive, but the retry with the same key gets the same answer: never a late charge.
     let finance = app.token("fin", &[Role::Finance]);
-    post(
-        &app,
+    app.post_keyed(
         "/api/v1/credits/adjust",
         &finance,
         "more",
         &json!({"account_id": "alice", "amount": 50, "reason": "topup"}),
     )
     .await;
-    let retry = post(&app, CHARGE, &token, "k", &body).await;
+    let retry = app.post_keyed(CHARGE, &token, "k", &body).await;
 
     assert_eq!(retry.headers()["idempotent-replayed"], "true");
     let retry: Value = retry.json().await.expect("problem");
@@ -282,7 +265,9 @@ async fn money_routes_require_a_valid_idempotency_key(db: PgPool) {
         .send_json(Method::POST, CHARGE, Some(&token), &body)
         .await;
     assert_problem(missing, StatusCode::BAD_REQUEST, "idempotency_key_required").await;
-    let too_long = post(&app, CHARGE, &token, &"k".repeat(256), &body).await;
+    let too_long = app
+        .post_keyed(CHARGE, &token, &"k".repeat(256), &body)
+        .await;
     assert_problem(too_long, StatusCode::BAD_REQUEST, "invalid_header").await;
     assert_eq!(
         count(
@@ -380,7 +365,9 @@ async fn invalid_money_requests_are_rejected_and_change_nothing(db: PgPool) {
     ];
 
     for (index, (path, token, body, status, code)) in cases.into_iter().enumerate() {
-        let response = post(&app, path, token, &format!("case-{index}"), &body).await;
+        let response = app
+            .post_keyed(path, token, &format!("case-{index}"), &body)
+            .await;
         assert_problem(response, status, code).await;
     }
     let (available, entries): (i64, i64) = sqlx::query_as(
@@ -404,32 +391,32 @@ async fn staff_act_on_any_account_and_users_only_on_their_own(db: PgPool) {
     let operator = app.token("op", &[Role::Operator]);
     let service = app.token("svc", &[Role::Service]);
 
-    let by_operator = post(
-        &app,
-        CHARGE,
-        &operator,
-        "op-1",
-        &json!({"account_id": "alice", "amount": 5, "reason": "support"}),
-    )
-    .await;
+    let by_operator = app
+        .post_keyed(
+            CHARGE,
+            &operator,
+            "op-1",
+            &json!({"account_id": "alice", "amount": 5, "reason": "support"}),
+        )
+        .await;
     assert_eq!(by_operator.status(), StatusCode::CREATED);
-    let by_service = post(
-        &app,
-        CHARGE,
-        &service,
-        "svc-1",
-        &json!({"account_id": "alice", "amount": 5, "reason": "usage"}),
-    )
-    .await;
+    let by_service = app
+        .post_keyed(
+            CHARGE,
+            &service,
+            "svc-1",
+            &json!({"account_id": "alice", "amount": 5, "reason": "usage"}),
+        )
+        .await;
     assert_eq!(by_service.status(), StatusCode::CREATED);
-    let service_without_account = post(
-        &app,
-        CHARGE,
-        &service,
-        "svc-2",
-        &json!({"amount": 5, "reason": "usage"}),
-    )
-    .await;
+    let service_without_account = app
+        .post_keyed(
+            CHARGE,
+            &service,
+            "svc-2",
+            &json!({"amount": 5, "reason": "usage"}),
+        )
+        .await;
     assert_problem(
         service_without_account,
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -452,14 +439,14 @@ async fn staff_act_on_any_account_and_users_only_on_their_own(db: PgPool) {
         balance,
         json!({"account_id": "alice", "available": 40, "held": 0, "total": 40, "debt": 0})
     );
-    let refund_by_user = post(
-        &app,
-        "/api/v1/credits/refund",
-        &bob,
-        "r",
-        &json!({"charge_entry_id": 2, "amount": 1, "reason": "x"}),
-    )
-    .await;
+    let refund_by_user = app
+        .post_keyed(
+            "/api/v1/credits/refund",
+            &bob,
+            "r",
+            &json!({"charge_entry_id": 2, "amount": 1, "reason": "x"}),
+        )
+        .await;
     assert_problem(refund_by_user, StatusCode::FORBIDDEN, "forbidden").await;
 }
 
@@ -470,7 +457,8 @@ async fn the_ledger_pages_newest_first_and_refunds_are_audited_with_their_reason
     let mut first_charge = Value::Null;
     for n in 0..3 {
         let body = json!({"amount": 10 + n, "reason": format!("job {n}")});
-        let charged: Value = post(&app, CHARGE, &token, &format!("c{n}"), &body)
+        let charged: Value = app
+            .post_keyed(CHARGE, &token, &format!("c{n}"), &body)
             .await
             .json()
             .await
@@ -481,7 +469,9 @@ async fn the_ledger_pages_newest_first_and_refunds_are_audited_with_their_reason
     }
     let finance = app.token("fin", &[Role::Finance]);
     let body = json!({"charge_entry_id": first_charge, "amount": 4, "reason": "late delivery"});
-    let refund = post(&app, "/api/v1/credits/refund", &finance, "r1", &body).await;
+    let refund = app
+        .post_keyed("/api/v1/credits/refund", &finance, "r1", &body)
+        .await;
     assert_eq!(refund.status(), StatusCode::CREATED);
 
     let first: Value = app
@@ -681,16 +671,9 @@ async fn without_history_the_estimate_falls_back_to_the_rule(db: PgPool) {
 async fn ledger_metrics_count_operations_batches_and_actors(db: PgPool) {
     let app = spawn_app(db).await;
     let token = funded_user(&app, "metered", 10).await;
-    post(
-        &app,
-        CHARGE,
-        &token,
-        "m1",
-        &json!({"amount": 4, "reason": "ok"}),
-    )
-    .await;
-    post(
-        &app,
+    app.post_keyed(CHARGE, &token, "m1", &json!({"amount": 4, "reason": "ok"}))
+        .await;
+    app.post_keyed(
         CHARGE,
         &token,
         "m2",

@@ -134,6 +134,22 @@ impl TestApp {
             .expect("GET")
     }
 
+    /// `POST path` with a JSON body and an `Idempotency-Key`.
+    pub async fn post_keyed(
+        &self,
+        path: &str,
+        token: &str,
+        key: &str,
+        body: &Value,
+    ) -> reqwest::Response {
+        self.request(Method::POST, path, Some(token))
+            .header("idempotency-key", key)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
     /// `method path` with a JSON body.
     pub async fn send_json(
         &self,

@@ -2,7 +2,7 @@
 //! idempotency key whatever the timing, bounded numbers, text PostgreSQL cannot store, content
 //! types, forged cursors and tokens, and the audit rows of refusals.
 
-use crate::helpers::{TestApp, assert_problem, flat_price, funded_user, spawn_app, spawn_app_with};
+use crate::helpers::{assert_problem, flat_price, funded_user, spawn_app, spawn_app_with};
 use gateway::auth::Claims;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -11,21 +11,6 @@ use sqlx::PgPool;
 use std::time::Duration;
 
 const CHARGE: &str = "/api/v1/credits/charge";
-
-async fn post_keyed(
-    app: &TestApp,
-    path: &str,
-    token: &str,
-    key: &str,
-    body: &Value,
-) -> reqwest::Response {
-    app.request(Method::POST, path, Some(token))
-        .header("idempotency-key", key)
-        .json(body)
-        .send()
-        .await
-        .expect("request")
-}
 
 async fn count(db: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(db).await.expect(sql)
@@ -54,12 +39,12 @@ async fn a_charge_that_timed_out_behind_a_locked_account_never_commits_twice(db:
         .execute(&mut *blocker)
         .await
         .expect("lock the account");
-    let first = post_keyed(&app, CHARGE, &token, "K", &body).await;
+    let first = app.post_keyed(CHARGE, &token, "K", &body).await;
     assert_problem(first, StatusCode::REQUEST_TIMEOUT, "request_timeout").await;
     // Past the lease: before the fix, this retry took the key over and, once the lock went,
     // both the first charge (still queued) and the retry committed.
     tokio::time::sleep(Duration::from_millis(1_800)).await;
-    let retry = post_keyed(&app, CHARGE, &token, "K", &body).await;
+    let retry = app.post_keyed(CHARGE, &token, "K", &body).await;
     assert!(
         matches!(
             retry.status(),
@@ -73,7 +58,7 @@ async fn a_charge_that_timed_out_behind_a_locked_account_never_commits_twice(db:
     // Retry until the key settles; the lease (1.5 s) bounds how long a 409 may last.
     let mut settled = None;
     for _ in 0..60 {
-        let response = post_keyed(&app, CHARGE, &token, "K", &body).await;
+        let response = app.post_keyed(CHARGE, &token, "K", &body).await;
         if response.status() == StatusCode::CREATED {
             settled = Some(response.text().await.expect("body"));
             break;
@@ -83,7 +68,7 @@ async fn a_charge_that_timed_out_behind_a_locked_account_never_commits_twice(db:
     let settled = settled.expect("the key settles with 201");
     tokio::time::sleep(Duration::from_millis(2_000)).await;
 
-    let replay = post_keyed(&app, CHARGE, &token, "K", &body).await;
+    let replay = app.post_keyed(CHARGE, &token, "K", &body).await;
     assert_eq!(replay.status(), StatusCode::CREATED);
     assert_eq!(replay.headers()["idempotent-replayed"], "true");
     assert_eq!(replay.text().await.expect("body"), settled);
@@ -117,16 +102,19 @@ async fn a_key_is_scoped_to_the_account_the_token_acts_as(db: PgPool) {
         StatusCode::OK
     );
     let fund = json!({"account_id": "alice-studio", "amount": 500, "reason": "fund"});
-    let funded = post_keyed(&app, "/api/v1/credits/adjust", &finance, "fund", &fund).await;
+    let funded = app
+        .post_keyed("/api/v1/credits/adjust", &finance, "fund", &fund)
+        .await;
     assert_eq!(funded.status(), StatusCode::CREATED);
 
     let body = json!({"amount": 10, "reason": "same body, other account"});
-    let own: Value = post_keyed(&app, CHARGE, &personal, "K", &body)
+    let own: Value = app
+        .post_keyed(CHARGE, &personal, "K", &body)
         .await
         .json()
         .await
         .expect("entry");
-    let response = post_keyed(&app, CHARGE, &studio, "K", &body).await;
+    let response = app.post_keyed(CHARGE, &studio, "K", &body).await;
     assert_eq!(response.status(), StatusCode::CREATED);
     assert!(!response.headers().contains_key("idempotent-replayed"));
     let other: Value = response.json().await.expect("entry");
@@ -144,14 +132,14 @@ async fn a_token_naming_an_account_its_user_does_not_own_is_refused(db: PgPool) 
 
     let response = app.get("/api/v1/credits/balance", Some(&forged)).await;
     assert_problem(response, StatusCode::FORBIDDEN, "forbidden").await;
-    let charge = post_keyed(
-        &app,
-        CHARGE,
-        &forged,
-        "steal",
-        &json!({"amount": 1, "reason": "x"}),
-    )
-    .await;
+    let charge = app
+        .post_keyed(
+            CHARGE,
+            &forged,
+            "steal",
+            &json!({"amount": 1, "reason": "x"}),
+        )
+        .await;
     assert_problem(charge, StatusCode::FORBIDDEN, "forbidden").await;
     assert_eq!(
         count(
@@ -201,7 +189,7 @@ async fn numbers_beyond_their_documented_maximum_are_422_and_change_nothing(db: 
         ),
         (CHARGE, &token, json!({"amount": -5, "reason": "negative"})),
     ] {
-        let response = post_keyed(&app, path, who, &format!("{body}"), &body).await;
+        let response = app.post_keyed(path, who, &format!("{body}"), &body).await;
         assert_problem(
             response,
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -213,14 +201,9 @@ async fn numbers_beyond_their_documented_maximum_are_422_and_change_nothing(db: 
     for quota in [-1, 1_000_000_000_001_i64, i64::MAX] {
         let grant = json!({"subject_id": "alice", "resource": "model:x", "actions": ["generate"],
                            "quota_total": quota});
-        let response = post_keyed(
-            &app,
-            "/api/v1/licenses",
-            &admin,
-            &format!("q{quota}"),
-            &grant,
-        )
-        .await;
+        let response = app
+            .post_keyed("/api/v1/licenses", &admin, &format!("q{quota}"), &grant)
+            .await;
         assert_problem(
             response,
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -358,7 +341,9 @@ async fn text_postgresql_cannot_store_is_422_invalid_text_everywhere(db: PgPool)
             json!({"subject_id": "alice", "resource": "model:\u{0}", "actions": ["generate"]}),
         ),
     ] {
-        let response = post_keyed(&app, path, who, &format!("nul-{body}"), &body).await;
+        let response = app
+            .post_keyed(path, who, &format!("nul-{body}"), &body)
+            .await;
         assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, "invalid_text").await;
     }
     for (path, who) in [
@@ -402,14 +387,14 @@ async fn a_keyed_route_sent_another_content_type_is_415_and_keeps_its_key(db: Pg
         )
         .await;
     }
-    let response = post_keyed(
-        &app,
-        CHARGE,
-        &token,
-        "K",
-        &serde_json::from_str(body).expect("json"),
-    )
-    .await;
+    let response = app
+        .post_keyed(
+            CHARGE,
+            &token,
+            "K",
+            &serde_json::from_str(body).expect("json"),
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::CREATED);
 }
 
@@ -507,7 +492,9 @@ async fn refusals_of_sensitive_acts_are_audited(db: PgPool) {
 
     // 403 from the permission check.
     let adjust = json!({"account_id": "alice", "amount": 5, "reason": "self-service"});
-    let denied = post_keyed(&app, "/api/v1/credits/adjust", &user, "a1", &adjust).await;
+    let denied = app
+        .post_keyed("/api/v1/credits/adjust", &user, "a1", &adjust)
+        .await;
     assert_eq!(denied.status(), StatusCode::FORBIDDEN);
     assert_eq!(rows("credits.adjust", "denied").await, 1);
     let audit = app.get("/api/v1/audit/access-logs", Some(&user)).await;
@@ -516,20 +503,28 @@ async fn refusals_of_sensitive_acts_are_audited(db: PgPool) {
 
     // Refused refunds and adjustments: 404, 422, 402.
     let refund = json!({"charge_entry_id": 999_999, "amount": 1, "reason": "none"});
-    let missing = post_keyed(&app, "/api/v1/credits/refund", &finance, "r1", &refund).await;
+    let missing = app
+        .post_keyed("/api/v1/credits/refund", &finance, "r1", &refund)
+        .await;
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     assert_eq!(rows("credits.refund", "failure").await, 1);
     let invalid = json!({"account_id": "alice", "amount": 0, "reason": "zero"});
-    let zero = post_keyed(&app, "/api/v1/credits/adjust", &finance, "a2", &invalid).await;
+    let zero = app
+        .post_keyed("/api/v1/credits/adjust", &finance, "a2", &invalid)
+        .await;
     assert_eq!(zero.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let overdraw = json!({"account_id": "alice", "amount": -1_000, "reason": "too much"});
-    let short = post_keyed(&app, "/api/v1/credits/adjust", &finance, "a3", &overdraw).await;
+    let short = app
+        .post_keyed("/api/v1/credits/adjust", &finance, "a3", &overdraw)
+        .await;
     assert_eq!(short.status(), StatusCode::PAYMENT_REQUIRED);
     assert_eq!(rows("credits.adjust", "failure").await, 2);
 
     // A refused grant and a refused license change.
     let grant = json!({"subject_id": "alice", "resource": "model:x", "actions": []});
-    let refused = post_keyed(&app, "/api/v1/licenses", &admin, "g1", &grant).await;
+    let refused = app
+        .post_keyed("/api/v1/licenses", &admin, "g1", &grant)
+        .await;
     assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(rows("license.grant", "failure").await, 1);
     let patch = app
