@@ -23,6 +23,10 @@ pub enum DomainError {
     /// The operation conflicts with the stored state.
     #[error("{0}")]
     Conflict(String),
+    /// The act was already done once and must not be done again (an order already credited or
+    /// paid); callers that deliver at least once treat it as success.
+    #[error("{0}")]
+    AlreadyApplied(String),
     /// A task event the state machine forbids.
     #[error("{0}")]
     InvalidTransition(String),

@@ -56,3 +56,100 @@ pub async fn provision(pool: &PgPool, principal: &Principal) -> DomainResult<boo
     tx.commit().await?;
     Ok(owned)
 }
+
+/// A user found or created by a WeChat login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WechatIdentity {
+    /// The hub's user id (also its account's id).
+    pub user_id: String,
+    /// Display name.
+    pub display_name: String,
+    /// Whether this login created the user.
+    pub created: bool,
+}
+
+/// The user a WeChat login names: found by `unionid`, then by `openid`, or created (role
+/// `user`, display name from the nickname, an empty account of its own). A unionid learnt later
+/// is stored on the user found by openid.
+pub async fn wechat_user(
+    pool: &PgPool,
+    openid: &str,
+    unionid: Option<&str>,
+    nickname: &str,
+) -> DomainResult<WechatIdentity> {
+    // Two racing first logins of one person: the loser's insert hits the unique openid and the
+    // second pass finds the winner's user.
+    for _ in 0..2 {
+        let found = sqlx::query_as::<_, (String, String)>(
+            "select id, display_name from users \
+              where ($1::text is not null and wechat_unionid = $1) or wechat_openid = $2 \
+              order by (wechat_unionid is not distinct from $1) desc limit 1",
+        )
+        .bind(unionid)
+        .bind(openid)
+        .fetch_optional(pool)
+        .await?;
+        if let Some((user_id, display_name)) = found {
+            if let Some(unionid) = unionid {
+                sqlx::query(
+                    "update users set wechat_unionid = $2 where id = $1 and wechat_unionid is null \
+                       and not exists (select 1 from users where wechat_unionid = $2)",
+                )
+                .bind(&user_id)
+                .bind(unionid)
+                .execute(pool)
+                .await?;
+            }
+            return Ok(WechatIdentity {
+                user_id,
+                display_name,
+                created: false,
+            });
+        }
+        let user_id = format!("wx_{}", &uuid::Uuid::new_v4().simple().to_string()[..20]);
+        let display_name = display_name_of(nickname);
+        let mut tx = pool.begin().await?;
+        let inserted = sqlx::query(
+            "insert into users (id, display_name, roles, wechat_openid, wechat_unionid) \
+             values ($1, $2, array['user'], $3, $4) on conflict do nothing",
+        )
+        .bind(&user_id)
+        .bind(&display_name)
+        .bind(openid)
+        .bind(unionid)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            continue;
+        }
+        sqlx::query("insert into credit_accounts (id, owner_id) values ($1, $1)")
+            .bind(&user_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        return Ok(WechatIdentity {
+            user_id,
+            display_name,
+            created: true,
+        });
+    }
+    Err(crate::DomainError::Conflict(
+        "the WeChat identity changed during the login; retry".into(),
+    ))
+}
+
+/// A display name from a WeChat nickname: trimmed, without control characters, 1 to 100
+/// characters ("WeChat user" when nothing is left).
+fn display_name_of(nickname: &str) -> String {
+    let cleaned: String = nickname
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(100)
+        .collect();
+    let cleaned = cleaned.trim();
+    if cleaned.is_empty() {
+        "WeChat user".to_owned()
+    } else {
+        cleaned.to_owned()
+    }
+}

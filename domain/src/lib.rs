@@ -8,6 +8,7 @@ pub mod idempotency;
 pub mod identity;
 pub mod ledger;
 pub mod licenses;
+pub mod payments;
 pub mod price_rules;
 pub mod pricing;
 pub mod seed;

@@ -19,6 +19,8 @@ pub struct ProblemDraft {
     pub code: ErrorCode,
     /// English explanation.
     pub detail: String,
+    /// Optional members (`reason_code`, `errcode`, `reason`).
+    pub extras: shared::problem::ProblemExtras,
 }
 
 /// Any failure of an API request.
@@ -27,6 +29,8 @@ pub struct ApiError {
     status: StatusCode,
     code: ErrorCode,
     detail: String,
+    /// Optional problem members.
+    extras: shared::problem::ProblemExtras,
     /// The cause, logged (never sent) for 5xx.
     source: Option<anyhow::Error>,
 }
@@ -41,8 +45,38 @@ impl ApiError {
             status,
             code,
             detail: detail.into(),
+            extras: shared::problem::ProblemExtras::default(),
             source: None,
         }
+    }
+
+    /// With a top-level `reason_code` (risk refusals).
+    pub fn with_reason_code(mut self, reason_code: impl Into<String>) -> Self {
+        self.extras.reason_code = Some(reason_code.into());
+        self
+    }
+
+    /// With WeChat's `errcode` (or WeChat Pay's `code`).
+    pub fn with_errcode(mut self, errcode: impl Into<serde_json::Value>) -> Self {
+        self.extras.errcode = Some(errcode.into());
+        self
+    }
+
+    /// With a `reason` (why a WeChat answer was refused).
+    pub fn with_reason(mut self, reason: impl Into<String>) -> Self {
+        self.extras.reason = Some(reason.into());
+        self
+    }
+
+    /// The cause to log with the response (never sent to the client).
+    pub fn with_source(mut self, source: impl Into<anyhow::Error>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// The optional problem members.
+    pub fn extras(&self) -> &shared::problem::ProblemExtras {
+        &self.extras
     }
 
     /// 401 with one of the token codes.
@@ -131,6 +165,9 @@ impl ApiError {
             DomainError::Conflict(detail) => {
                 ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, detail.clone())
             }
+            DomainError::AlreadyApplied(detail) => {
+                ApiError::new(StatusCode::CONFLICT, ErrorCode::OrderPaid, detail.clone())
+            }
             DomainError::License(violation) => license_refusal(*violation),
             DomainError::Busy(detail) => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -164,6 +201,7 @@ impl IntoResponse for ApiError {
         response.extensions_mut().insert(ProblemDraft {
             code: self.code,
             detail: self.detail,
+            extras: self.extras,
         });
         response
     }

@@ -44,7 +44,10 @@ pub fn key_rule(method: &axum::http::Method, path: &str) -> KeyRule {
     match (method.as_str(), path) {
         (
             "POST",
-            "/api/v1/credits/charge" | "/api/v1/credits/refund" | "/api/v1/credits/adjust",
+            "/api/v1/credits/charge"
+            | "/api/v1/credits/refund"
+            | "/api/v1/credits/adjust"
+            | "/api/v1/payments/recharge",
         ) => KeyRule::Required,
         _ => KeyRule::Optional,
     }
@@ -393,7 +396,8 @@ pub fn render_problem(error: &ApiError, request_id: &str) -> StoredResponse {
         error.code(),
         error.detail(),
         request_id,
-    );
+    )
+    .with(error.extras().clone());
     StoredResponse {
         status: error.status().as_u16(),
         body: serde_json::to_vec(&problem).unwrap_or_default(),

@@ -6,8 +6,10 @@ pub mod error;
 pub mod http_metrics;
 pub mod hygiene;
 pub mod idempotency;
+pub mod job_lock;
 pub mod license_cache;
 pub mod pagination;
+pub mod payments;
 pub mod permissions;
 pub mod problem;
 pub mod readiness;
@@ -75,6 +77,7 @@ pub async fn serve(
     });
     let server = server::serve(listener, app, &limits, shutdown.clone());
     let purge = tokio::spawn(purge_idempotency_keys(state.clone(), shutdown.clone()));
+    let payment_job = tokio::spawn(payments::run_payment_job(state.clone(), shutdown.clone()));
     let broker = state.realtime.broker.clone();
     let sweep = tokio::spawn(async move {
         loop {
@@ -101,6 +104,7 @@ pub async fn serve(
         result = &mut server => result.context("serving HTTP")?,
     }
     purge.abort();
+    payment_job.abort();
     sweep.abort();
     state.realtime.supervisor.stop(Some("shutdown".into()));
     state.tasks.stop();

@@ -37,6 +37,23 @@ enum Command {
     /// licenses, so every endpoint can be tried right away. Users: demo (user+creator), alice,
     /// bob, studio (creator), ops (operator), fin (finance), audit (auditor), admin.
     Seed,
+    /// Run the WeChat sandbox: a fake WeChat (Pay APIv3, QR login) speaking WeChat's real
+    /// protocol with its own keys, generated in DIR on first start. Writes DIR/hub.env, the
+    /// settings that point a hub at it (`source` it before `gateway serve`).
+    Sandbox {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: std::net::SocketAddr,
+        /// Where the keys, ids and hub.env live.
+        #[arg(long, default_value = "target/wechat-sandbox", value_name = "DIR")]
+        dir: PathBuf,
+        /// The hub's public base URL (for the login redirect and the notify URL).
+        #[arg(long, default_value = "http://127.0.0.1:8080", value_name = "URL")]
+        hub: String,
+        /// Multiplies WeChat's notification retry schedule (15 s … 6 h); 1 is WeChat's.
+        #[arg(long, default_value_t = 1.0)]
+        retry_scale: f64,
+    },
     /// Print a signed bearer token (HS256, HUB_JWT_SECRET) for ops and tests.
     Token {
         /// The user or service id (`sub` claim).
@@ -63,6 +80,31 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref())?;
     match cli.command {
         Command::Serve => serve(settings).await,
+        Command::Sandbox {
+            listen,
+            dir,
+            hub,
+            retry_scale,
+        } => {
+            gateway::telemetry::init(false);
+            let config = gateway::wechat_sandbox::prepare(
+                &dir,
+                &format!("http://{listen}"),
+                &hub,
+                retry_scale,
+            )?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
+            println!(
+                "WeChat sandbox on http://{listen}; hub settings in {}",
+                dir.join("hub.env").display()
+            );
+            axum::serve(listener, gateway::wechat_sandbox::router(config))
+                .with_graceful_shutdown(gateway::shutdown::shutdown_signal())
+                .await
+                .context("serving the sandbox")
+        }
         Command::Migrate => {
             gateway::telemetry::init(!settings.dev_mode);
             migrated_pool(&settings).await?;

@@ -26,11 +26,19 @@ pub async fn finalize(request: Request, next: Next) -> Response {
     finalize_response(response, &request_id)
 }
 
+/// A response extension: this error response's body is the contract of someone else (WeChat's
+/// `{"code":"FAIL"}`) and is sent as it is, not as problem+json.
+#[derive(Debug, Clone, Copy)]
+pub struct Verbatim;
+
 /// Seconds a client is told to wait (`Retry-After`) before retrying a 503 or 429.
 pub const RETRY_AFTER_SECS: &str = "1";
 
 fn finalize_response(mut response: Response, request_id: &str) -> Response {
     let status = response.status();
+    if response.extensions().get::<Verbatim>().is_some() {
+        return response;
+    }
     // A refusal that will pass by itself says when to come back.
     if matches!(
         status,
@@ -45,7 +53,7 @@ fn finalize_response(mut response: Response, request_id: &str) -> Response {
     if let Some(draft) = response.extensions_mut().remove::<ProblemDraft>() {
         return render(
             response,
-            Problem::new(status.as_u16(), draft.code, draft.detail, request_id),
+            Problem::new(status.as_u16(), draft.code, draft.detail, request_id).with(draft.extras),
         );
     }
     let already_problem = response

@@ -21,6 +21,7 @@ pub fn sensitive_action(method: &Method, path: &str) -> Option<&'static str> {
         ("GET", "/api/v1/audit/access-logs" | "/api/v1/audit/access-logs/{id}") => "audit.read",
         ("POST", "/api/v1/pricing/rules") => "pricing.create",
         ("PATCH", "/api/v1/pricing/rules/{id}") => "pricing.update",
+        ("POST", "/api/v1/payments/orders/{id}/close") => "payments.close",
         _ => return None,
     })
 }

@@ -52,6 +52,150 @@ pub struct Settings {
     pub idempotency: IdempotencySettings,
     /// Realtime sessions, channels and history.
     pub realtime: RealtimeSettings,
+    /// WeChat Pay and WeChat QR login (`HUB_WECHAT__*`); unset: the payment and WeChat login
+    /// routes answer 503 `payments_unavailable`.
+    pub wechat: WechatSettings,
+    /// Recharges (`HUB_PAYMENTS__*`).
+    pub payments: PaymentsSettings,
+    /// Recharge risk rules (`HUB_RISK__*`).
+    pub risk: RiskSettings,
+}
+
+/// Recharge risk rules, run before any WeChat call.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RiskSettings {
+    /// Smallest recharge, fen.
+    pub min_amount_fen: i64,
+    /// Largest recharge, fen.
+    pub max_amount_fen: i64,
+}
+
+impl Default for RiskSettings {
+    fn default() -> Self {
+        Self {
+            min_amount_fen: 100,
+            max_amount_fen: 200_000,
+        }
+    }
+}
+
+/// WeChat Pay (APIv3, public-key mode) and the website QR login. Every field of a part must be
+/// set for that part to run; a part half set is a start-up error naming what is missing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WechatSettings {
+    /// WeChat Pay API base.
+    pub api_base: String,
+    /// QR login page base.
+    pub open_base: String,
+    /// OAuth token/userinfo base.
+    pub sns_base: String,
+    /// The website application's AppID (QR login).
+    #[serde(deserialize_with = "lenient_string")]
+    pub login_appid: Option<String>,
+    /// Its secret.
+    pub login_secret: Option<SecretString>,
+    /// Public URL of `/api/v1/auth/wechat/callback`.
+    pub login_redirect_uri: Option<String>,
+    /// The AppID bound to the merchant (not the login AppID).
+    #[serde(deserialize_with = "lenient_string")]
+    pub pay_appid: Option<String>,
+    /// The merchant id (a string, even when all digits).
+    #[serde(deserialize_with = "lenient_string")]
+    pub mchid: Option<String>,
+    /// The merchant API certificate's serial number.
+    #[serde(deserialize_with = "lenient_string")]
+    pub merchant_serial_no: Option<String>,
+    /// The merchant's PKCS#8 PEM private key file.
+    pub merchant_private_key_file: Option<std::path::PathBuf>,
+    /// The WeChat Pay public key id (`PUB_KEY_ID_…`).
+    #[serde(deserialize_with = "lenient_string")]
+    pub platform_public_key_id: Option<String>,
+    /// The WeChat Pay public key (SPKI PEM) file.
+    pub platform_public_key_file: Option<std::path::PathBuf>,
+    /// The 32-character APIv3 key.
+    pub apiv3_key: Option<SecretString>,
+    /// Public URL of `/api/v1/payments/wechat/notify` (no query string).
+    pub notify_url: Option<String>,
+    /// Longest wait for one WeChat answer.
+    pub timeout_ms: u64,
+    /// Extra attempts after a WeChat 5xx or a transport failure.
+    pub retries: u32,
+}
+
+impl Default for WechatSettings {
+    fn default() -> Self {
+        Self {
+            api_base: "https://api.mch.weixin.qq.com".into(),
+            open_base: "https://open.weixin.qq.com".into(),
+            sns_base: "https://api.weixin.qq.com".into(),
+            login_appid: None,
+            login_secret: None,
+            login_redirect_uri: None,
+            pay_appid: None,
+            mchid: None,
+            merchant_serial_no: None,
+            merchant_private_key_file: None,
+            platform_public_key_id: None,
+            platform_public_key_file: None,
+            apiv3_key: None,
+            notify_url: None,
+            timeout_ms: 5_000,
+            retries: 2,
+        }
+    }
+}
+
+/// A string setting that may come as a number (`HUB_WECHAT__MCHID=1230000109` is read as one).
+fn lenient_string<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Lenient {
+        Text(String),
+        Unsigned(u64),
+        Signed(i64),
+    }
+    Ok(
+        Option::<Lenient>::deserialize(deserializer)?.map(|value| match value {
+            Lenient::Text(text) => text,
+            Lenient::Unsigned(number) => number.to_string(),
+            Lenient::Signed(number) => number.to_string(),
+        }),
+    )
+}
+
+/// Recharges.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PaymentsSettings {
+    /// Credits granted per fen paid, stored on each order.
+    pub credits_per_fen: i64,
+    /// An unpaid order's life (`time_expire`), seconds.
+    pub order_ttl_secs: u64,
+    /// When the daily reconciliation runs for the previous day, Beijing time (`HH:MM`).
+    pub reconcile_at: String,
+    /// A pending order with no notification is first queried this long after it was placed.
+    pub query_after_secs: u64,
+    /// How often the query fallback scans for due orders.
+    pub query_scan_ms: u64,
+    /// Shown in the payer's bill (≤ 127 characters).
+    pub description: String,
+}
+
+impl Default for PaymentsSettings {
+    fn default() -> Self {
+        Self {
+            credits_per_fen: 1,
+            order_ttl_secs: 1_800,
+            reconcile_at: "10:30".into(),
+            query_after_secs: 60,
+            query_scan_ms: 10_000,
+            description: "Hub credits".into(),
+        }
+    }
 }
 
 /// Realtime sessions, channels and history.
@@ -298,6 +442,9 @@ impl Default for Settings {
             ledger: LedgerSettings::default(),
             idempotency: IdempotencySettings::default(),
             realtime: RealtimeSettings::default(),
+            wechat: WechatSettings::default(),
+            payments: PaymentsSettings::default(),
+            risk: RiskSettings::default(),
         }
     }
 }
@@ -409,6 +556,32 @@ impl Settings {
         }
         if self.node_id.is_empty() || self.node_id.len() > 64 {
             bail!("HUB_NODE_ID must be 1 to 64 characters");
+        }
+        let payments = &self.payments;
+        if !(1..=1_000_000).contains(&payments.credits_per_fen) {
+            bail!("HUB_PAYMENTS__CREDITS_PER_FEN must be between 1 and 1000000");
+        }
+        if !(60..=7 * 86_400).contains(&payments.order_ttl_secs) {
+            bail!("HUB_PAYMENTS__ORDER_TTL_SECS must be between 60 and 604800");
+        }
+        if payments.query_scan_ms == 0 || payments.query_after_secs == 0 {
+            bail!(
+                "HUB_PAYMENTS__QUERY_SCAN_MS and HUB_PAYMENTS__QUERY_AFTER_SECS must be positive"
+            );
+        }
+        if payments.description.is_empty() || payments.description.chars().count() > 127 {
+            bail!("HUB_PAYMENTS__DESCRIPTION must be 1 to 127 characters");
+        }
+        if self.risk.min_amount_fen < 1
+            || self.risk.max_amount_fen < self.risk.min_amount_fen
+            || self.risk.max_amount_fen > shared::payments::MAX_RECHARGE_FEN
+        {
+            bail!(
+                "HUB_RISK__MIN_AMOUNT_FEN and HUB_RISK__MAX_AMOUNT_FEN must satisfy 1 ≤ min ≤ max ≤ 100000000"
+            );
+        }
+        if chrono::NaiveTime::parse_from_str(&payments.reconcile_at, "%H:%M").is_err() {
+            bail!("HUB_PAYMENTS__RECONCILE_AT must be HH:MM (Beijing time)");
         }
         Ok(())
     }

@@ -45,6 +45,8 @@ pub struct AppState {
     pub tasks: hub::task::Tasks,
     /// What sessions ask the gateway.
     pub authority: Arc<GatewayAuthority>,
+    /// WeChat Pay and WeChat login, where configured.
+    pub wechat: crate::payments::SharedWechat,
     /// Invariant: false until shutdown starts, then true for good.
     pub draining: Arc<AtomicBool>,
     /// Invariant: every (user, account) pair in it has a `users` row and, unless the account is
@@ -75,6 +77,7 @@ impl AppState {
             .map(|url| redis::Client::open(url.expose_secret()))
             .transpose()
             .context("parsing REDIS_URL")?;
+        let wechat = Arc::new(crate::payments::Wechat::from_settings(&settings.wechat)?);
         let tokens = Arc::new(TokenKeys::new(
             &settings.jwt_secret()?,
             settings.max_token_ttl(),
@@ -117,6 +120,7 @@ impl AppState {
             redis,
             tokens,
             permissions,
+            wechat,
             draining: Arc::new(AtomicBool::new(false)),
             provisioned: Arc::new(DashSet::new()),
         })

@@ -70,6 +70,22 @@ pub enum ErrorCode {
     LicenseNotYetValid,
     /// The request conflicts with the current state of the resource.
     Conflict,
+    // --- payments and WeChat login
+    /// WeChat Pay / WeChat login is not configured on this node.
+    PaymentsUnavailable,
+    /// WeChat refused a call or answered something the hub cannot trust (`errcode` or `reason`
+    /// say which).
+    WechatError,
+    /// The QR login's state is unknown, used, expired or belongs to another browser.
+    LoginStateInvalid,
+    /// The user declined the WeChat login.
+    WechatLoginDenied,
+    /// The order is paid: it cannot be closed.
+    OrderPaid,
+    /// A risk rule refused the recharge (`reason_code` says which).
+    RiskDenied,
+    /// Too many recharges in a short time (`reason_code` says which rule).
+    RiskRateLimited,
     // --- server side
     /// Too many requests: retry later.
     TooManyRequests,
@@ -114,6 +130,13 @@ impl ErrorCode {
             ErrorCode::LicenseExpired => "license_expired",
             ErrorCode::LicenseNotYetValid => "license_not_yet_valid",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::PaymentsUnavailable => "payments_unavailable",
+            ErrorCode::WechatError => "wechat_error",
+            ErrorCode::LoginStateInvalid => "login_state_invalid",
+            ErrorCode::WechatLoginDenied => "wechat_login_denied",
+            ErrorCode::OrderPaid => "order_paid",
+            ErrorCode::RiskDenied => "risk_denied",
+            ErrorCode::RiskRateLimited => "risk_rate_limited",
             ErrorCode::TooManyRequests => "too_many_requests",
             ErrorCode::ServiceUnavailable => "service_unavailable",
             ErrorCode::Internal => "internal",
@@ -153,6 +176,13 @@ impl ErrorCode {
             ErrorCode::LicenseExpired => "License expired",
             ErrorCode::LicenseNotYetValid => "License not yet valid",
             ErrorCode::Conflict => "Conflict",
+            ErrorCode::PaymentsUnavailable => "Payments unavailable",
+            ErrorCode::WechatError => "WeChat error",
+            ErrorCode::LoginStateInvalid => "Login state invalid",
+            ErrorCode::WechatLoginDenied => "WeChat login denied",
+            ErrorCode::OrderPaid => "Order paid",
+            ErrorCode::RiskDenied => "Recharge refused by risk control",
+            ErrorCode::RiskRateLimited => "Recharge rate limited",
             ErrorCode::TooManyRequests => "Too many requests",
             ErrorCode::ServiceUnavailable => "Service unavailable",
             ErrorCode::Internal => "Internal error",
@@ -178,6 +208,8 @@ mod tests {
             ErrorCode::IdempotencyKeyInFlight,
             ErrorCode::InsufficientCredits,
             ErrorCode::HttpError,
+            ErrorCode::PaymentsUnavailable,
+            ErrorCode::RiskRateLimited,
         ] {
             assert_eq!(serde_json::to_value(code).ok(), Some(code.as_str().into()));
         }

@@ -6,6 +6,7 @@ pub mod error_code;
 pub mod licenses;
 pub mod limits;
 pub mod page;
+pub mod payments;
 pub mod pricing;
 pub mod problem;
 pub mod protocol;

@@ -22,6 +22,26 @@ pub struct Problem {
     pub code: ErrorCode,
     /// The request id, also in the `X-Request-Id` header and the server log.
     pub request_id: String,
+    /// Which risk rule refused a recharge (`risk_denied`, `risk_rate_limited`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason_code: Option<String>,
+    /// WeChat's `errcode` (login) or `code` (WeChat Pay), with `wechat_error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errcode: Option<serde_json::Value>,
+    /// Why a WeChat answer was refused (`signature`), with `wechat_error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The optional members a problem may carry beyond RFC 9457's and `code`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProblemExtras {
+    /// See [`Problem::reason_code`].
+    pub reason_code: Option<String>,
+    /// See [`Problem::errcode`].
+    pub errcode: Option<serde_json::Value>,
+    /// See [`Problem::reason`].
+    pub reason: Option<String>,
 }
 
 impl Problem {
@@ -34,6 +54,17 @@ impl Problem {
             detail: detail.into(),
             code,
             request_id: request_id.to_owned(),
+            reason_code: None,
+            errcode: None,
+            reason: None,
         }
+    }
+
+    /// The problem with its optional members.
+    pub fn with(mut self, extras: ProblemExtras) -> Self {
+        self.reason_code = extras.reason_code;
+        self.errcode = extras.errcode;
+        self.reason = extras.reason;
+        self
     }
 }

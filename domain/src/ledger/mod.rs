@@ -49,12 +49,14 @@ pub enum Operation {
         /// Why.
         reason: String,
     },
-    /// Credits bought; `reference` names the payment.
+    /// Credits bought: `amount` (the order's credits) for the verified payment of an order,
+    /// which is marked paid in the same transaction (at most once: a paid order is refused with
+    /// [`DomainError::AlreadyApplied`]).
     Recharge {
         /// Credits.
         amount: i64,
-        /// The payment order.
-        reference: String,
+        /// The payment.
+        payment: crate::payments::PaymentCredit,
     },
     /// Reserve `amount` for a task.
     Hold {

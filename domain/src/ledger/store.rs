@@ -90,6 +90,9 @@ struct Plan<'a> {
     rows: Vec<PlannedRow>,
     /// Refunds planned in this batch per charge (not yet in the table).
     refunded: HashMap<i64, i64>,
+    /// Payment orders to mark paid once their recharge rows are written (the order references
+    /// its row).
+    paid_orders: Vec<(crate::payments::PaymentCredit, i64)>,
 }
 
 /// A ledger row to insert, with what the trigger must compute for it.
@@ -235,6 +238,7 @@ pub async fn execute_batch(
         ids: row.try_get::<Vec<i64>, _>("ids")?.into_iter(),
         rows: Vec::new(),
         refunded: HashMap::new(),
+        paid_orders: Vec::new(),
     };
     let mut outcomes = Vec::with_capacity(batch.len());
     for (request, held) in batch.iter().zip(held) {
@@ -247,6 +251,9 @@ pub async fn execute_batch(
         outcomes.push(Outcome { result, stored });
     }
     write_batch(&mut tx, account_id, batch, &outcomes, &plan.rows).await?;
+    for (credit, entry_id) in &plan.paid_orders {
+        crate::payments::mark_paid(&mut tx, credit, *entry_id).await?;
+    }
     tx.commit().await?;
     Ok(outcomes)
 }
@@ -543,9 +550,12 @@ fn audit_detail(
         Operation::Adjust { amount, reason } => {
             serde_json::json!({ "amount": amount, "reason": reason })
         }
-        Operation::Recharge { amount, reference } => {
-            serde_json::json!({ "amount": amount, "reference": reference })
-        }
+        Operation::Recharge { amount, payment } => serde_json::json!({
+            "amount": amount,
+            "order_id": payment.order_id,
+            "transaction_id": payment.transaction_id,
+            "source": payment.source.as_str(),
+        }),
         other => serde_json::json!({ "operation": other.kind() }),
     };
     let outcome = match result {
@@ -693,7 +703,7 @@ async fn apply_one(
             }
             entry
         }
-        Operation::Recharge { amount, reference } => {
+        Operation::Recharge { amount, payment } => {
             if *amount <= 0 {
                 return Ok(Err(DomainError::Validation(
                     "amount must be positive".into(),
@@ -702,12 +712,29 @@ async fn apply_one(
             if let Some(refused) = exceeds_balance(plan, *amount) {
                 return Ok(Err(refused));
             }
+            // A second recharge of one order in this batch is refused like one in the table.
+            if plan
+                .paid_orders
+                .iter()
+                .any(|(paid, _)| paid.order_id == payment.order_id)
+            {
+                return Ok(Err(DomainError::AlreadyApplied(
+                    "the order is already credited".into(),
+                )));
+            }
+            if let Err(refused) =
+                crate::payments::lock_for_credit(conn, payment, account_id, *amount).await?
+            {
+                return Ok(Err(refused));
+            }
+            let reference = payment.order_id.to_string();
             let new = NewEntry {
                 amount: *amount,
-                reference: Some(reference),
+                reference: Some(&reference),
                 ..NewEntry::default()
             };
             let entry = plan.entry(EntryKind::Recharge, actor, new)?;
+            plan.paid_orders.push((payment.clone(), entry.entry_id));
             related.extend(repay_debt(plan, actor, &entry)?);
             entry
         }

@@ -103,6 +103,27 @@ pub struct Transaction {
     /// The merchant's data.
     #[serde(default)]
     pub attach: Option<String>,
+    /// Who paid (per payment AppID), once paid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payer: Option<Payer>,
+}
+
+/// The payer of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payer {
+    /// The payer's openid under the payment AppID (not the login openid).
+    pub openid: String,
+}
+
+/// Time as WeChat writes it: RFC 3339 in Beijing time (`2018-06-08T10:34:56+08:00`).
+pub fn beijing_time(at: chrono::DateTime<chrono::Utc>) -> String {
+    match chrono::FixedOffset::east_opt(8 * 3600) {
+        Some(offset) => at
+            .with_timezone(&offset)
+            .format("%Y-%m-%dT%H:%M:%S%:z")
+            .to_string(),
+        None => at.to_rfc3339(),
+    }
 }
 
 #[derive(Deserialize)]

@@ -4,4 +4,5 @@
 
 pub mod apiv3;
 pub mod client;
+pub mod login;
 pub mod notify;

@@ -152,3 +152,38 @@ pub async fn demo_sdk() -> impl IntoResponse {
         CENTRIFUGE_JS,
     )
 }
+
+/// `?data=`: what the QR code encodes.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct QrData {
+    /// The text to encode (a `weixin://` payment URL), at most 512 bytes.
+    #[param(max_length = 512)]
+    pub data: String,
+}
+
+/// Dev mode only: a QR code (SVG) of `data`, for the demo page's recharge (`code_url`).
+#[utoipa::path(get, path = "/demo/qr.svg", tag = "operations", params(QrData),
+    responses(
+        (status = 200, description = "The QR code", content_type = "image/svg+xml"),
+        (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub async fn demo_qr(
+    crate::error::Query(query): crate::error::Query<QrData>,
+) -> ApiResult<impl IntoResponse> {
+    if query.data.is_empty() || query.data.len() > 512 {
+        return Err(ApiError::validation("data must be 1 to 512 bytes"));
+    }
+    let code = qrcode::QrCode::new(query.data.as_bytes())
+        .map_err(|error| ApiError::validation(format!("cannot encode: {error}")))?;
+    let svg = code
+        .render::<qrcode::render::svg::Color>()
+        .min_dimensions(200, 200)
+        .build();
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        svg,
+    ))
+}

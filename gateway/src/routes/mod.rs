@@ -7,9 +7,11 @@ pub mod credits;
 pub mod dev;
 pub mod licenses;
 pub mod ops;
+pub mod payments;
 pub mod pricing;
 pub mod sessions;
 pub mod tasks;
+pub mod wechat_login;
 
 use crate::state::AppState;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -75,6 +77,13 @@ pub fn all(dev_mode: bool) -> OpenApiRouter<AppState> {
         .routes(routes!(tasks::get))
         .routes(routes!(tasks::post_event, tasks::events))
         .routes(routes!(tasks::cancel))
+        .routes(routes!(wechat_login::qr))
+        .routes(routes!(wechat_login::callback))
+        .routes(routes!(payments::recharge))
+        .routes(routes!(payments::list))
+        .routes(routes!(payments::get))
+        .routes(routes!(payments::close))
+        .routes(routes!(payments::notify))
         .routes(routes!(crate::realtime::publish::publish))
         .routes(routes!(crate::realtime::websocket::websocket))
         .routes(routes!(crate::realtime::sse::sse));
@@ -82,7 +91,8 @@ pub fn all(dev_mode: bool) -> OpenApiRouter<AppState> {
         router = router
             .routes(routes!(dev::login))
             .routes(routes!(dev::demo_page))
-            .routes(routes!(dev::demo_sdk));
+            .routes(routes!(dev::demo_sdk))
+            .routes(routes!(dev::demo_qr));
     }
     router
 }

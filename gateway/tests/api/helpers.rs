@@ -53,6 +53,12 @@ pub async fn spawn_app(db: PgPool) -> TestApp {
 
 /// Starts a node over `db` after `configure` adjusted its settings.
 pub async fn spawn_app_with(db: PgPool, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_at(db, |settings, _| configure(settings)).await
+}
+
+/// Starts a node over `db` after `configure` adjusted its settings, knowing the node's own
+/// address (`http://127.0.0.1:PORT`) already (for callback URLs).
+pub async fn spawn_app_at(db: PgPool, configure: impl FnOnce(&mut Settings, &str)) -> TestApp {
     gateway::http_metrics::install().expect("metrics recorder");
     // Server warnings and errors land in the failing test's captured output.
     let _ = tracing_subscriber::fmt()
@@ -68,21 +74,25 @@ pub async fn spawn_app_with(db: PgPool, configure: impl FnOnce(&mut Settings)) -
             .await
             .expect("database oid");
     settings.redis_key_prefix = format!("{}-{oid}", database_name(&db));
-    configure(&mut settings);
-    let state = AppState::with_pool(settings, db.clone())
-        .await
-        .expect("state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let address = format!("http://{}", listener.local_addr().expect("address"));
+    configure(&mut settings, &address);
+    let state = AppState::with_pool(settings, db.clone())
+        .await
+        .expect("state");
     let shutdown = CancellationToken::new();
     tokio::spawn(gateway::serve(state.clone(), listener, shutdown.clone()));
     TestApp {
         address,
         state,
         db,
-        client: reqwest::Client::new(),
+        // Redirects are answers to check, not to follow (the WeChat login callback's 302).
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client"),
         shutdown,
     }
 }

@@ -14,6 +14,7 @@ mod ledger_property;
 mod licenses;
 mod money_safety;
 mod operations;
+mod payments;
 mod permission_matrix;
 mod pricing;
 mod realtime;

@@ -9,19 +9,23 @@ use std::time::Duration;
 
 /// One server-sent event.
 #[derive(Debug, Default, Clone)]
-struct SseEvent {
-    id: Option<String>,
-    event: Option<String>,
-    data: String,
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
 }
 
-struct SseClient {
-    response: reqwest::Response,
-    buffer: String,
+pub struct SseClient {
+    pub response: reqwest::Response,
+    pub buffer: String,
 }
 
 impl SseClient {
-    async fn open(app: &TestApp, query: &str, last_event_id: Option<&str>) -> reqwest::Response {
+    pub async fn open(
+        app: &TestApp,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> reqwest::Response {
         let mut request = app.request(Method::GET, &format!("/connection/sse?{query}"), None);
         if let Some(id) = last_event_id {
             request = request.header("last-event-id", id);
@@ -30,7 +34,7 @@ impl SseClient {
     }
 
     /// The next event with data (comments and the retry hint are skipped).
-    async fn next(&mut self) -> SseEvent {
+    pub async fn next(&mut self) -> SseEvent {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();

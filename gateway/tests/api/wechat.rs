@@ -14,7 +14,7 @@ const MERCHANT_SERIAL: &str = "1DDE55AD98ED71D6EDD4A4A16996DE7B47773A8C";
 const PUB_KEY_ID: &str = "PUB_KEY_ID_0114232134912410000000000000";
 
 /// An RSA key pair made by `openssl`: (PKCS#8 private PEM, SPKI public PEM).
-fn openssl_key_pair(name: &str) -> (String, String) {
+pub fn openssl_key_pair(name: &str) -> (String, String) {
     let dir = std::env::temp_dir().join(format!(
         "wechat-sandbox-{}-{}",
         std::process::id(),
@@ -224,6 +224,10 @@ fn sandbox_config(merchant_public: &str, wechat_private: &str) -> SandboxConfig 
         wechat_signer: MerchantSigner::from_pem("wechat", PUB_KEY_ID, wechat_private)
             .expect("wechat key"),
         wechat_public_key_id: PUB_KEY_ID.into(),
+        apiv3_key: "0123456789abcdefghijklmnopqrstuv".into(),
+        login_appid: "wxlogin0000000001".into(),
+        login_secret: "login-secret".into(),
+        retry_scale: 0.001,
     }
 }
 
