@@ -2,6 +2,9 @@
 # The schemathesis gate: a real node on a fresh database with the demo data, fuzzed through its
 # own OpenAPI document with every check on (scripts/schemathesis.toml), once with an admin token
 # and once with a user token, fixed seed, bounded examples. Any 5xx or contract violation fails.
+# The node runs against the WeChat sandbox, so the payment and WeChat login routes are fuzzed
+# too; requests ask for JSON (`Accept`), as API clients do: a browser's WeChat login callback is
+# answered with redirects instead, which the integration tests cover.
 # Sourced by scripts/test after `cargo test` built target/debug/gateway.
 
 SCHEMATHESIS_VERSION=${SCHEMATHESIS_VERSION:-4.32.5}
@@ -35,10 +38,20 @@ run_schemathesis_gate() {
   DATABASE_URL=$url "$gateway" migrate >/dev/null
   DATABASE_URL=$url "$gateway" seed >/dev/null
   local log_file="$DATA_DIR/schemathesis-node.log"
-  env -u REDIS_URL DATABASE_URL="$url" "$gateway" serve >"$log_file" 2>&1 &
+  # The payment and WeChat login routes are fuzzed against the WeChat sandbox.
+  local sandbox_dir="$DATA_DIR/schemathesis-sandbox"
+  "$gateway" sandbox --listen 127.0.0.1:$((port - 1)) --dir "$sandbox_dir" \
+    --hub "http://127.0.0.1:$port" >"$DATA_DIR/schemathesis-sandbox.log" 2>&1 &
+  local sandbox=$!
+  wait_http "http://127.0.0.1:$((port - 1))/sandbox/deliveries" 120 || die "the gate's WeChat sandbox did not start"
+  (
+    # shellcheck disable=SC1091
+    source "$sandbox_dir/hub.env"
+    exec env -u REDIS_URL DATABASE_URL="$url" "$gateway" serve >"$log_file" 2>&1
+  ) &
   local node=$!
   if ! wait_http "http://127.0.0.1:$port/readyz" 60; then
-    kill "$node" 2>/dev/null || true
+    kill "$node" "$sandbox" 2>/dev/null || true
     tail -n 50 "$log_file"
     die "the gate's node did not start"
   fi
@@ -49,14 +62,14 @@ run_schemathesis_gate() {
     log "schemathesis as $role: every check, seed $SCHEMATHESIS_SEED, $SCHEMATHESIS_EXAMPLES examples per operation"
     "$SCHEMATHESIS" --config-file scripts/schemathesis.toml run \
       "http://127.0.0.1:$port/api/v1/openapi.json" \
-      --header "Authorization: Bearer $token" \
+      --header "Authorization: Bearer $token" --header "Accept: application/json" \
       --checks all --seed "$SCHEMATHESIS_SEED" --max-examples "$SCHEMATHESIS_EXAMPLES" \
       --generation-database none \
       --exclude-path-regex '^/(connection|demo)' \
       --no-color --report junit --report-dir "$DATA_DIR/schemathesis-$role" || status=$?
   done
-  kill "$node" 2>/dev/null || true
-  wait "$node" 2>/dev/null || true
+  kill "$node" "$sandbox" 2>/dev/null || true
+  wait "$node" "$sandbox" 2>/dev/null || true
   unset HUB_DEV_MODE HUB_LISTEN
   [ "$status" = 0 ] || { tail -n 30 "$log_file"; die "the schemathesis gate failed"; }
 }

@@ -964,3 +964,40 @@ async fn a_half_configured_or_badly_keyed_wechat_is_a_start_up_error_naming_the_
         "no secret in Debug: {debug}"
     );
 }
+
+#[tokio::test]
+async fn the_sandbox_makes_its_keys_once_and_writes_settings_a_hub_starts_with() {
+    let dir = std::env::temp_dir().join(format!("hub-sandbox-keys-{}", rand::random::<u64>()));
+    let first = gateway::wechat_sandbox::prepare(&dir, "http://127.0.0.1:1", "http://hub", 1.0)
+        .expect("first start");
+    let key = std::fs::read_to_string(dir.join("merchant_private_key.pem")).expect("key");
+    assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"), "PKCS#8");
+    let second = gateway::wechat_sandbox::prepare(&dir, "http://127.0.0.1:1", "http://hub", 1.0)
+        .expect("second start");
+    assert_eq!(first.mchid, second.mchid);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("merchant_private_key.pem")).expect("key"),
+        key,
+        "the keys are kept"
+    );
+    let sandbox = Sandbox {
+        base: "http://127.0.0.1:1".into(),
+        dir: dir.clone(),
+        http: reqwest::Client::new(),
+    };
+    let settings = sandbox.settings("http://hub");
+    assert!(
+        settings
+            .mchid
+            .as_deref()
+            .is_some_and(|id| id.bytes().all(|b| b.is_ascii_digit()))
+    );
+    let wechat = gateway::payments::Wechat::from_settings(&settings).expect("a hub accepts them");
+    assert!(wechat.pay.is_some() && wechat.login.is_some());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join("merchant_private_key.pem"))
+        .expect("metadata")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "private keys are the owner's only");
+}
