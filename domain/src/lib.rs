@@ -11,6 +11,7 @@ pub mod licenses;
 pub mod payments;
 pub mod price_rules;
 pub mod pricing;
+pub mod reconciliation;
 pub mod seed;
 pub mod sessions;
 pub mod tasks;

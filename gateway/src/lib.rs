@@ -6,7 +6,7 @@ pub mod error;
 pub mod http_metrics;
 pub mod hygiene;
 pub mod idempotency;
-pub mod job_lock;
+pub mod jobs;
 pub mod license_cache;
 pub mod pagination;
 pub mod payments;
@@ -14,6 +14,7 @@ pub mod permissions;
 pub mod problem;
 pub mod readiness;
 pub mod realtime;
+pub mod reconcile;
 pub mod refusals;
 pub mod routes;
 pub mod server;
@@ -76,8 +77,11 @@ pub async fn serve(
         tracing::info!("shutdown requested: draining");
     });
     let server = server::serve(listener, app, &limits, shutdown.clone());
-    let purge = tokio::spawn(purge_idempotency_keys(state.clone(), shutdown.clone()));
-    let payment_job = tokio::spawn(payments::run_payment_job(state.clone(), shutdown.clone()));
+    let scheduler = tokio::spawn(jobs::run_scheduler(
+        state.clone(),
+        periodic_jobs(&state),
+        shutdown.clone(),
+    ));
     let broker = state.realtime.broker.clone();
     let sweep = tokio::spawn(async move {
         loop {
@@ -103,8 +107,7 @@ pub async fn serve(
         }
         result = &mut server => result.context("serving HTTP")?,
     }
-    purge.abort();
-    payment_job.abort();
+    scheduler.abort();
     sweep.abort();
     state.realtime.supervisor.stop(Some("shutdown".into()));
     state.tasks.stop();
@@ -114,29 +117,34 @@ pub async fn serve(
     Ok(())
 }
 
-/// Deletes expired idempotency keys every `idempotency.purge_interval_ms` until shutdown.
-async fn purge_idempotency_keys(state: AppState, shutdown: CancellationToken) {
+/// The node's periodic jobs (each run by one node at a time, see [`jobs`]).
+pub fn periodic_jobs(state: &AppState) -> Vec<jobs::Job> {
+    let settings = &state.settings;
+    let mut list = vec![jobs::Job {
+        name: "idempotency.purge",
+        schedule: jobs::Schedule::Every(std::time::Duration::from_millis(
+            settings.idempotency.purge_interval_ms.max(1000),
+        )),
+        lease: std::time::Duration::from_secs(60),
+        run: Arc::new(|state, _fence| Box::pin(purge_idempotency_keys(state))),
+    }];
+    if state.wechat.pay.is_some() {
+        list.push(payments::query_job(&settings.payments));
+        list.push(payments::reconcile_job(&settings.payments));
+    }
+    list
+}
+
+/// Deletes expired idempotency keys, 10,000 per statement.
+async fn purge_idempotency_keys(state: AppState) -> anyhow::Result<jobs::Report> {
     const PER_STATEMENT: i64 = 10_000;
-    let every =
-        std::time::Duration::from_millis(state.settings.idempotency.purge_interval_ms.max(1000));
+    let mut total = 0;
     loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
-        }
-        loop {
-            match domain::idempotency::purge_expired(&state.db, PER_STATEMENT).await {
-                Ok(deleted) => {
-                    metrics::counter!("idempotency_keys_purged_total").increment(deleted);
-                    if deleted < PER_STATEMENT as u64 {
-                        break;
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "purging expired idempotency keys failed");
-                    break;
-                }
-            }
+        let deleted = domain::idempotency::purge_expired(&state.db, PER_STATEMENT).await?;
+        metrics::counter!("idempotency_keys_purged_total").increment(deleted);
+        total += deleted;
+        if deleted < PER_STATEMENT as u64 {
+            return Ok(jobs::Report::done(format!("{total} expired keys deleted")));
         }
     }
 }

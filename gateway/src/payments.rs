@@ -19,7 +19,6 @@ use shared::Role;
 use shared::payments::OrderStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 /// The WeChat Pay side of a node.
 #[derive(Debug)]
@@ -220,6 +219,7 @@ pub fn error_code(error: &PayError) -> String {
         PayError::Transport(_) => "transport".into(),
         PayError::Forged(_) => "signature".into(),
         PayError::Decode(_) => "decode".into(),
+        PayError::BillHash { .. } => "bill_hash".into(),
         PayError::Wechat { code, .. } => code.chars().take(32).collect(),
     }
 }
@@ -372,52 +372,47 @@ pub async fn credit(
     }
 }
 
-/// How long a run of the payment job may hold its lock.
-const JOB_LEASE: Duration = Duration::from_secs(60);
-/// Most orders one run looks at.
-const JOB_BATCH: i64 = 50;
-
-/// The query fallback and expiry job: every `payments.query_scan_ms`, on one node at a time,
+/// The query fallback and expiry job (every `payments.query_scan_ms`, one node at a time):
 /// queries pending orders whose query is due (first a minute after they were placed, then with
 /// backoff) and credits a verified SUCCESS like a notification; closes orders past their expiry
 /// at WeChat and here.
-pub async fn run_payment_job(state: AppState, shutdown: CancellationToken) {
-    let every = Duration::from_millis(state.settings.payments.query_scan_ms);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
-        }
-        match run_payment_job_once(&state).await {
-            Ok(Some(looked_at)) => {
-                metrics::counter!("payments_job_runs_total", "outcome" => "ran").increment(1);
-                if looked_at > 0 {
-                    tracing::debug!(looked_at, "payment job ran");
-                }
-            }
-            Ok(None) => {
-                metrics::counter!("payments_job_runs_total", "outcome" => "skipped").increment(1)
-            }
-            Err(error) => {
-                metrics::counter!("payments_job_runs_total", "outcome" => "failed").increment(1);
-                tracing::warn!(error = %format!("{error:#}"), "payment job failed");
-            }
-        }
+pub fn query_job(settings: &PaymentsSettings) -> crate::jobs::Job {
+    crate::jobs::Job {
+        name: "payments.query",
+        schedule: crate::jobs::Schedule::Every(Duration::from_millis(settings.query_scan_ms)),
+        lease: Duration::from_secs(60),
+        run: Arc::new(|state, _fence| {
+            Box::pin(async move {
+                let looked_at = query_due_orders(&state).await?;
+                Ok(crate::jobs::Report::done(format!(
+                    "{looked_at} orders queried"
+                )))
+            })
+        }),
     }
 }
 
-/// One run of the job, if this node got the lock: how many orders it looked at.
-pub async fn run_payment_job_once(state: &AppState) -> anyhow::Result<Option<usize>> {
+/// The daily reconciliation of the previous Beijing day at `payments.reconcile_at`.
+pub fn reconcile_job(settings: &PaymentsSettings) -> crate::jobs::Job {
+    let at = chrono::NaiveTime::parse_from_str(&settings.reconcile_at, "%H:%M")
+        .unwrap_or(chrono::NaiveTime::MIN);
+    crate::jobs::Job {
+        name: crate::reconcile::JOB,
+        schedule: crate::jobs::Schedule::DailyAt(at),
+        lease: Duration::from_secs(120),
+        run: Arc::new(|state, fence| Box::pin(crate::reconcile::daily(state, fence))),
+    }
+}
+
+/// Most orders one run looks at.
+const JOB_BATCH: i64 = 50;
+
+/// One pass of the query fallback: how many due orders it looked at.
+pub async fn query_due_orders(state: &AppState) -> anyhow::Result<usize> {
     let Some(pay) = state.wechat.pay.as_ref() else {
-        return Ok(None);
+        return Ok(0);
     };
-    let Some(lock) = crate::job_lock::JobLock::acquire(state, "payments.query", JOB_LEASE).await?
-    else {
-        return Ok(None);
-    };
-    let result = query_due(state, pay, &state.settings.payments).await;
-    lock.release().await;
-    result.map(Some)
+    query_due(state, pay, &state.settings.payments).await
 }
 
 async fn query_due(

@@ -182,6 +182,34 @@ struct Order {
     /// The notification of its payment: id, and the last signed copy sent (for replays).
     notification_id: Option<String>,
     last_sent: Option<(SignedHeaders, Vec<u8>)>,
+    /// How the bill shows it (controls): another day, another amount, or not at all.
+    bill: BillTweak,
+    /// Refunds: when (Beijing, `YYYY-MM-DD HH:MM:SS`) and how much.
+    refunds: Vec<(String, i64)>,
+}
+
+/// `POST /sandbox/orders/{out_trade_no}/bill`: how the order appears in the bills.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct BillTweak {
+    /// Left out of every bill.
+    omit: bool,
+    /// Another amount in the bill.
+    amount_fen: Option<i64>,
+    /// Another day's bill (a payment near midnight).
+    bill_date: Option<chrono::NaiveDate>,
+}
+
+/// `POST /sandbox/bill-faults`: what is wrong with the next bill (one shot).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct BillFaults {
+    /// The file differs from the announced SHA-1.
+    tamper: bool,
+    /// A payment row is cut out (the hash fits the cut file; the summary does not).
+    truncate: bool,
+    /// `STATEMENT_CREATING` instead of a bill.
+    creating: bool,
 }
 
 #[derive(Debug, Default)]
@@ -190,6 +218,8 @@ struct Controls {
     fail_next: u32,
     /// The next 2xx answer carries a probe signature.
     probe_next: bool,
+    /// What is wrong with the next bill.
+    bill_faults: BillFaults,
 }
 
 /// A login approved in the sandbox, waiting for its code to be exchanged.
@@ -224,6 +254,8 @@ struct Sandbox {
     controls: Arc<Mutex<Controls>>,
     logins: Arc<Mutex<Logins>>,
     deliveries: Arc<Mutex<Vec<Delivery>>>,
+    /// Bills applied for, by download token: the bytes served (gzipped when asked).
+    bills: Arc<Mutex<HashMap<String, Vec<u8>>>>,
     http: reqwest::Client,
 }
 
@@ -574,6 +606,8 @@ async fn native(
                         payer_openid: None,
                         notification_id: None,
                         last_sent: None,
+                        bill: BillTweak::default(),
+                        refunds: Vec::new(),
                     },
                 );
             }
@@ -642,6 +676,8 @@ struct PayOptions {
     probe_first: bool,
     /// The payer's openid (under the payment AppID).
     payer_openid: Option<String>,
+    /// When WeChat says it was paid (RFC 3339; default now).
+    success_time: Option<chrono::DateTime<chrono::FixedOffset>>,
 }
 
 /// Pays an order as a payer scanning its QR code would: the order turns SUCCESS and its
@@ -680,7 +716,10 @@ async fn pay(
                 .collect::<String>()
         );
         order.transaction_id = Some(transaction_id.clone());
-        order.success_time = Some(beijing_time(now));
+        let paid_at = options
+            .success_time
+            .map_or(now, |at| at.with_timezone(&chrono::Utc));
+        order.success_time = Some(beijing_time(paid_at));
         order.payer_openid = Some(
             options
                 .payer_openid
@@ -1017,6 +1056,244 @@ async fn userinfo(State(sandbox): State<Sandbox>, Query(query): Query<UserInfoQu
     sns(answer)
 }
 
+/// Changes how an order appears in the bills.
+async fn tweak_bill(
+    State(sandbox): State<Sandbox>,
+    Path(out_trade_no): Path<String>,
+    axum::Json(tweak): axum::Json<BillTweak>,
+) -> Response {
+    match lock(&sandbox.orders).get_mut(&out_trade_no) {
+        Some(order) => {
+            order.bill = tweak;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        None => error(StatusCode::NOT_FOUND, "ORDER_NOT_EXIST", "订单不存在"),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefundControl {
+    amount_fen: i64,
+}
+
+/// Refunds (part of) a paid order now: a REFUND row in today's bill.
+async fn refund(
+    State(sandbox): State<Sandbox>,
+    Path(out_trade_no): Path<String>,
+    axum::Json(control): axum::Json<RefundControl>,
+) -> Response {
+    let mut orders = lock(&sandbox.orders);
+    let Some(order) = orders.get_mut(&out_trade_no) else {
+        return error(StatusCode::NOT_FOUND, "ORDER_NOT_EXIST", "订单不存在");
+    };
+    let refunded: i64 = order.refunds.iter().map(|(_, fen)| fen).sum();
+    if order.state != "SUCCESS"
+        || control.amount_fen <= 0
+        || refunded + control.amount_fen > order.amount
+    {
+        return error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "不可退款");
+    }
+    let at = beijing_time(chrono::Utc::now()).replace('T', " ");
+    order
+        .refunds
+        .push((at[..19].to_owned(), control.amount_fen));
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn bill_faults(
+    State(sandbox): State<Sandbox>,
+    axum::Json(faults): axum::Json<BillFaults>,
+) -> StatusCode {
+    lock(&sandbox.controls).bill_faults = faults;
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Debug, Deserialize)]
+struct TradeBillQuery {
+    bill_date: Option<String>,
+    bill_type: Option<String>,
+    tar_type: Option<String>,
+}
+
+/// The bill rows of a day: payments by their success (or tweaked) day, refunds by theirs.
+fn bill_rows(sandbox: &Sandbox, date: chrono::NaiveDate) -> Vec<domain::wechat::bill::BillRow> {
+    let day = date.format("%Y-%m-%d").to_string();
+    let config = &sandbox.config;
+    let mut rows = Vec::new();
+    for (number, order) in lock(&sandbox.orders).iter() {
+        let (Some(success), Some(transaction_id)) = (&order.success_time, &order.transaction_id)
+        else {
+            continue;
+        };
+        // `2026-12-06T23:59:59+08:00` → `2026-12-06 23:59:59`.
+        let trade_time = success
+            .replace('T', " ")
+            .chars()
+            .take(19)
+            .collect::<String>();
+        let paid_day = order.bill.bill_date.map_or_else(
+            || trade_time[..10].to_owned(),
+            |d| d.format("%Y-%m-%d").to_string(),
+        );
+        let row = |state: &str, trade_time: String| domain::wechat::bill::BillRow {
+            trade_time,
+            appid: config.appid.clone(),
+            mchid: config.mchid.clone(),
+            transaction_id: transaction_id.clone(),
+            out_trade_no: number.clone(),
+            trade_state: state.into(),
+            settlement_fen: 0,
+            refund_fen: 0,
+            order_fen: 0,
+            refund_applied_fen: 0,
+            attach: order.attach.clone(),
+        };
+        if paid_day == day && !order.bill.omit {
+            let amount = order.bill.amount_fen.unwrap_or(order.amount);
+            rows.push(domain::wechat::bill::BillRow {
+                settlement_fen: amount,
+                order_fen: amount,
+                ..row("SUCCESS", trade_time.clone())
+            });
+        }
+        for (at, fen) in &order.refunds {
+            if at[..10] == day {
+                rows.push(domain::wechat::bill::BillRow {
+                    refund_fen: *fen,
+                    refund_applied_fen: *fen,
+                    ..row("REFUND", at.clone())
+                });
+            }
+        }
+    }
+    rows.sort_by(|a, b| a.trade_time.cmp(&b.trade_time));
+    rows
+}
+
+/// `GET /v3/bill/tradebill`: applies for a day's bill (§E.1).
+async fn trade_bill(
+    State(sandbox): State<Sandbox>,
+    Query(query): Query<TradeBillQuery>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refusal) = sandbox.check(&method, &uri, &headers, b"") {
+        return refusal;
+    }
+    let Some(date) = query
+        .bill_date
+        .as_deref()
+        .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+    else {
+        return error(StatusCode::BAD_REQUEST, "PARAM_ERROR", "bill_date 格式错误");
+    };
+    if query.bill_type.as_deref().is_some_and(|t| t != "ALL") {
+        return error(StatusCode::BAD_REQUEST, "PARAM_ERROR", "沙箱只支持 ALL");
+    }
+    let faults = std::mem::take(&mut lock(&sandbox.controls).bill_faults);
+    if faults.creating {
+        return error(StatusCode::BAD_REQUEST, "STATEMENT_CREATING", "账单生成中");
+    }
+    let rows = bill_rows(&sandbox, date);
+    if rows.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "NO_STATEMENT_EXIST",
+            "请求的账单文件不存在",
+        );
+    }
+    let mut bytes = domain::wechat::bill::render(&rows);
+    if faults.truncate {
+        // Cut the first payment row out (the file then hashes as announced).
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let mut lines: Vec<&str> = text
+            .split(
+                "
+",
+            )
+            .collect();
+        if lines.len() > 4 {
+            lines.remove(1);
+        }
+        bytes = lines
+            .join(
+                "
+",
+            )
+            .into_bytes();
+    }
+    use sha1::Digest;
+    let hash = hex::encode(sha1::Sha1::digest(&bytes));
+    if faults.tamper {
+        // A changed amount after the hash was announced.
+        if let Some(position) = bytes.iter().position(|b| b.is_ascii_digit()) {
+            bytes[position] = if bytes[position] == b'9' {
+                b'8'
+            } else {
+                bytes[position] + 1
+            };
+        }
+    }
+    let gzip = query.tar_type.as_deref() == Some("GZIP");
+    let served = if gzip {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        let _ = encoder.write_all(&bytes);
+        encoder.finish().unwrap_or_default()
+    } else {
+        bytes
+    };
+    let token = random_alnum(24);
+    lock(&sandbox.bills).insert(token.clone(), served);
+    let host = headers
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    let url = format!(
+        "http://{host}/v3/billdownload/file?token={token}{}",
+        if gzip { "&tartype=gzip" } else { "" }
+    );
+    let body = json!({ "hash_type": "SHA1", "hash_value": hash, "download_url": url });
+    sandbox.signed(StatusCode::OK, body.to_string().into_bytes())
+}
+
+#[derive(Debug, Deserialize)]
+struct DownloadQuery {
+    token: Option<String>,
+}
+
+/// `GET /v3/billdownload/file`: the bill itself, unsigned (§E.2).
+async fn bill_download(
+    State(sandbox): State<Sandbox>,
+    Query(query): Query<DownloadQuery>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refusal) = sandbox.check(&method, &uri, &headers, b"") {
+        return refusal;
+    }
+    let bytes = query
+        .token
+        .as_deref()
+        .and_then(|token| lock(&sandbox.bills).get(token).cloned());
+    match bytes {
+        Some(bytes) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            bytes,
+        )
+            .into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "RESOURCE_NOT_EXISTS",
+            "账单文件不存在",
+        ),
+    }
+}
+
 /// The sandbox's routes.
 pub fn router(config: SandboxConfig) -> Router {
     let sandbox = Sandbox {
@@ -1025,6 +1302,7 @@ pub fn router(config: SandboxConfig) -> Router {
         controls: Arc::default(),
         logins: Arc::default(),
         deliveries: Arc::default(),
+        bills: Arc::default(),
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
@@ -1052,6 +1330,11 @@ pub fn router(config: SandboxConfig) -> Router {
             post(notify_control),
         )
         .route("/sandbox/deliveries", get(deliveries))
+        .route("/sandbox/orders/{out_trade_no}/bill", post(tweak_bill))
+        .route("/sandbox/orders/{out_trade_no}/refund", post(refund))
+        .route("/sandbox/bill-faults", post(bill_faults))
+        .route("/v3/bill/tradebill", get(trade_bill))
+        .route("/v3/billdownload/file", get(bill_download))
         .route("/sandbox/fail-next/{count}", post(fail_next))
         .route("/sandbox/probe-next", post(probe_next))
         .with_state(sandbox)

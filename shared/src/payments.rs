@@ -123,3 +123,65 @@ pub struct WechatLogin {
     /// Who logged in.
     pub user: WechatUser,
 }
+
+/// How many orders fell in each class (or their sums in fen).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ClassCounts {
+    /// In the bill and credited here, same amount.
+    pub matched: i64,
+    /// Paid per the bill, not credited here (a lost notification): queried and credited once.
+    pub missing_local: i64,
+    /// Credited here, not in the bill (nor in the next day's): flagged.
+    pub missing_remote: i64,
+    /// In both with different amounts: flagged, never fixed automatically.
+    pub amount_mismatch: i64,
+}
+
+/// One order of a reconciliation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ReconciliationItem {
+    /// `matched`, `missing_local`, `missing_remote` or `amount_mismatch`.
+    pub class: String,
+    /// The merchant order number.
+    pub out_trade_no: String,
+    /// The hub's order, when it knows it.
+    pub order_id: Option<String>,
+    /// WeChat's transaction id.
+    pub transaction_id: Option<String>,
+    /// The order's amount here, fen.
+    pub local_amount_fen: Option<i64>,
+    /// The bill's amount, fen.
+    pub bill_amount_fen: Option<i64>,
+    /// What was done: `none`, `credited` (missing_local, paid now), `already_credited` (by an
+    /// earlier run), `next_day_bill` (found in the next day's bill), `flagged`.
+    pub action: String,
+    /// More about it (WeChat's answer to a query, …).
+    pub detail: Option<serde_json::Value>,
+}
+
+/// A reconciliation of one Beijing day against WeChat's bill.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Reconciliation {
+    /// The Beijing day (`YYYY-MM-DD`).
+    pub date: chrono::NaiveDate,
+    /// `balanced` (nothing flagged), `flagged`, or `failed` (the bill was refused: `error`).
+    pub status: String,
+    /// Orders per class.
+    pub counts: ClassCounts,
+    /// Fen per class.
+    pub sums: ClassCounts,
+    /// The bill's SHA-1 (none for a day without trades).
+    pub bill_hash: Option<String>,
+    /// Rows in the bill (payments and refunds).
+    pub bill_rows: i32,
+    /// Why the run failed.
+    pub error: Option<String>,
+    /// How many times the day was reconciled.
+    pub runs: i32,
+    /// When the last run started.
+    pub started_at: DateTime<Utc>,
+    /// When it finished.
+    pub finished_at: DateTime<Utc>,
+    /// The items: all of them for one day, the flagged ones in a listing.
+    pub items: Vec<ReconciliationItem>,
+}

@@ -47,6 +47,30 @@ pub enum PayError {
     /// A verified answer of an unexpected shape.
     #[error("unexpected WeChat Pay answer: {0}")]
     Decode(String),
+    /// A downloaded bill whose SHA-1 is not the one WeChat announced (altered or corrupted).
+    #[error("the bill's SHA-1 is {actual}, WeChat announced {expected}")]
+    BillHash {
+        /// WeChat's `hash_value`.
+        expected: String,
+        /// The downloaded file's.
+        actual: String,
+    },
+}
+
+/// A day's bill.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BillFile {
+    /// The file (uncompressed), its SHA-1 checked.
+    Ready {
+        /// The bill.
+        bytes: Vec<u8>,
+        /// Its SHA-1 (hex).
+        hash_value: String,
+    },
+    /// `NO_STATEMENT_EXIST`: no trade that day (an empty bill, not an error).
+    NoStatement,
+    /// `STATEMENT_CREATING`: not ready yet; retry later.
+    Creating,
 }
 
 /// `amount` of a Native order.
@@ -304,6 +328,87 @@ impl WechatPay {
             Err(PayError::Wechat { status: 404, .. }) => Ok(None),
             Err(error) => Err(error),
         }
+    }
+
+    /// Applies for the ALL bill of `date` (Beijing, `YYYY-MM-DD`), downloads it (only from the
+    /// configured API host: the download is sent the merchant's signature), gunzips it and checks
+    /// its SHA-1 against the verified `hash_value`. The download itself is not signed by WeChat.
+    pub async fn trade_bill(&self, date: chrono::NaiveDate) -> Result<BillFile, PayError> {
+        let path = format!(
+            "/v3/bill/tradebill?bill_date={}&bill_type=ALL&tar_type=GZIP",
+            date.format("%Y-%m-%d")
+        );
+        let answer = match self.call(reqwest::Method::GET, &path, None).await {
+            Ok((_, answer)) => answer,
+            Err(PayError::Wechat { code, .. }) if code == "NO_STATEMENT_EXIST" => {
+                return Ok(BillFile::NoStatement);
+            }
+            Err(PayError::Wechat { code, .. }) if code == "STATEMENT_CREATING" => {
+                return Ok(BillFile::Creating);
+            }
+            Err(error) => return Err(error),
+        };
+        #[derive(Deserialize)]
+        struct Applied {
+            hash_type: String,
+            hash_value: String,
+            download_url: String,
+        }
+        let applied: Applied =
+            serde_json::from_slice(&answer).map_err(|error| PayError::Decode(error.to_string()))?;
+        if !applied.hash_type.eq_ignore_ascii_case("SHA1") {
+            return Err(PayError::Decode(format!(
+                "unknown hash type {}",
+                applied.hash_type
+            )));
+        }
+        let base = reqwest::Url::parse(&self.config.api_base)
+            .map_err(|error| PayError::Decode(error.to_string()))?;
+        let url = reqwest::Url::parse(&applied.download_url)
+            .map_err(|_| PayError::Decode("the download_url is not a URL".into()))?;
+        if (url.scheme(), url.host_str(), url.port_or_known_default())
+            != (base.scheme(), base.host_str(), base.port_or_known_default())
+        {
+            return Err(PayError::Decode(format!(
+                "the bill's download_url is not on the API host ({})",
+                url.host_str().unwrap_or_default()
+            )));
+        }
+        let path_and_query = match url.query() {
+            Some(query) => format!("{}?{query}", url.path()),
+            None => url.path().to_owned(),
+        };
+        let (status, body, _) = self
+            .once(reqwest::Method::GET, &path_and_query, None)
+            .await?;
+        if !(200..300).contains(&status) {
+            return Err(self
+                .judge((status, body, SignedHeaders::default()))
+                .err()
+                .unwrap_or(PayError::Decode("the bill download failed".into())));
+        }
+        let bytes = if path_and_query.contains("tartype=gzip") {
+            use std::io::Read;
+            let mut plain = Vec::new();
+            flate2::read::GzDecoder::new(body.as_slice())
+                .read_to_end(&mut plain)
+                .map_err(|_| PayError::Decode("the bill does not gunzip".into()))?;
+            plain
+        } else {
+            body
+        };
+        use sha1::Digest;
+        let hash = hex::encode(sha1::Sha1::digest(&bytes));
+        if !hash.eq_ignore_ascii_case(&applied.hash_value) {
+            return Err(PayError::BillHash {
+                expected: applied.hash_value,
+                actual: hash,
+            });
+        }
+        Ok(BillFile::Ready {
+            bytes,
+            hash_value: hash,
+        })
     }
 
     /// Closes an unpaid order (WeChat answers 204, signed).

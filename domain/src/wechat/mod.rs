@@ -3,6 +3,7 @@
 //! `shared/spec/wechat.md` (§C, §D); the HTTP client, the login flow and the sandbox build on these.
 
 pub mod apiv3;
+pub mod bill;
 pub mod client;
 pub mod login;
 pub mod notify;

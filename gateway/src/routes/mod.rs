@@ -84,6 +84,9 @@ pub fn all(dev_mode: bool) -> OpenApiRouter<AppState> {
         .routes(routes!(payments::get))
         .routes(routes!(payments::close))
         .routes(routes!(payments::notify))
+        .routes(routes!(payments::reconciliations))
+        .routes(routes!(payments::reconciliation))
+        .routes(routes!(ops::jobs))
         .routes(routes!(crate::realtime::publish::publish))
         .routes(routes!(crate::realtime::websocket::websocket))
         .routes(routes!(crate::realtime::sse::sse));

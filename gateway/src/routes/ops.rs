@@ -36,3 +36,16 @@ pub async fn openapi_document(Extension(document): Extension<OpenApiDocument>) -
     )
         .into_response()
 }
+
+/// The periodic jobs (each run by one node at a time): last run, outcome, duration, next run
+/// (operators and admins).
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "operations", security(("bearer" = [])),
+    responses((status = 200, body = Vec<crate::jobs::JobStatus>)))]
+pub async fn jobs(
+    axum::extract::State(state): axum::extract::State<crate::state::AppState>,
+) -> crate::error::ApiResult<crate::error::Json<Vec<crate::jobs::JobStatus>>> {
+    let statuses = crate::jobs::statuses(&state.db)
+        .await
+        .map_err(crate::error::database_error)?;
+    Ok(crate::error::Json(statuses))
+}

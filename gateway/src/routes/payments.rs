@@ -51,7 +51,7 @@ fn wechat_error(error: PayError) -> ApiError {
         PayError::Wechat { code, .. } => refused.with_errcode(code.clone()),
         PayError::Forged(_) => refused.with_reason("signature"),
         PayError::Transport(_) => refused.with_reason("unreachable"),
-        PayError::Decode(_) => refused.with_reason("answer"),
+        PayError::Decode(_) | PayError::BillHash { .. } => refused.with_reason("answer"),
     }
     .with_source(error)
 }
@@ -558,4 +558,56 @@ pub async fn notify(State(state): State<AppState>, headers: HeaderMap, body: Byt
             fail(StatusCode::INTERNAL_SERVER_ERROR, "try again")
         }
     }
+}
+
+/// `?from=&to=` (Beijing days, at most 366 apart; default: the last 30 days).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReconciliationsQuery {
+    /// First day (`YYYY-MM-DD`).
+    pub from: Option<chrono::NaiveDate>,
+    /// Last day (`YYYY-MM-DD`).
+    pub to: Option<chrono::NaiveDate>,
+}
+
+/// Reconciliation runs of a range of Beijing days, newest first, each with its flagged items
+/// (finance, admin, auditor).
+#[utoipa::path(get, path = "/api/v1/payments/reconciliations", tag = "payments", security(("bearer" = [])),
+    params(ReconciliationsQuery),
+    responses(
+        (status = 200, body = Vec<shared::payments::Reconciliation>),
+        (status = 400, body = Problem, content_type = "application/problem+json")))]
+pub async fn reconciliations(
+    State(state): State<AppState>,
+    Query(query): Query<ReconciliationsQuery>,
+) -> ApiResult<Json<Vec<shared::payments::Reconciliation>>> {
+    let to = query.to.unwrap_or_else(crate::reconcile::beijing_today);
+    let from = query.from.unwrap_or(to - chrono::Duration::days(30));
+    if from > to || (to - from).num_days() > 366 {
+        return Err(invalid_query(
+            "from must not be after to, at most 366 days apart",
+        ));
+    }
+    Ok(Json(
+        domain::reconciliation::list(&state.db, from, to).await?,
+    ))
+}
+
+/// One Beijing day's reconciliation with every item (finance, admin, auditor); 404 before its
+/// first run.
+#[utoipa::path(get, path = "/api/v1/payments/reconciliations/{date}", tag = "payments", security(("bearer" = [])),
+    params(("date" = chrono::NaiveDate, Path, description = "Beijing day, YYYY-MM-DD")),
+    responses(
+        (status = 200, body = shared::payments::Reconciliation),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn reconciliation(
+    State(state): State<AppState>,
+    Path(date): Path<String>,
+) -> ApiResult<Json<shared::payments::Reconciliation>> {
+    let date = chrono::NaiveDate::parse_from_str(&date, "%Y-%m-%d")
+        .map_err(|_| ApiError::not_found("no reconciliation of that day"))?;
+    domain::reconciliation::get(&state.db, date)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("no reconciliation of that day"))
 }

@@ -19,6 +19,7 @@ mod permission_matrix;
 mod pricing;
 mod realtime;
 mod realtime_abuse;
+mod reconciliation;
 mod sdk;
 mod sessions;
 mod sse;

@@ -29,6 +29,7 @@ pub fn openssl_key_pair(name: &str) -> (String, String) {
             "RSA",
             "-pkeyopt",
             "rsa_keygen_bits:2048",
+            "-quiet",
             "-out",
         ])
         .arg(&private)
