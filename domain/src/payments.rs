@@ -365,3 +365,15 @@ pub(crate) async fn mark_paid(
     }
     Ok(())
 }
+
+/// A user's pending orders, newest first.
+pub async fn pending_of(pool: &PgPool, user_id: &str) -> DomainResult<Vec<StoredOrder>> {
+    let rows = sqlx::query(&format!(
+        "select {COLUMNS} from payment_orders where user_id = $1 and status = 'pending' \
+          order by created_at desc"
+    ))
+    .bind(user_id)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(order_from_row).collect()
+}

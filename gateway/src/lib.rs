@@ -16,6 +16,7 @@ pub mod readiness;
 pub mod realtime;
 pub mod reconcile;
 pub mod refusals;
+pub mod risk;
 pub mod routes;
 pub mod server;
 pub mod settings;

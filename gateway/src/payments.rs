@@ -362,6 +362,7 @@ pub async fn credit(
                     }),
                 )
                 .await;
+            crate::risk::review_payer(state, order.id()).await;
             Ok(Credited::Now)
         }
         Err(DomainError::AlreadyApplied(_)) => Ok(Credited::Before),

@@ -233,7 +233,7 @@ pub async fn authorize(
     let Access::Scope(scope) = access else {
         return next.run(request).await;
     };
-    let credentials = Credentials::of(&request);
+    let credentials = Credentials::of(&request, &state.settings.http.trusted_proxies);
     let caller = match authenticate(&state, credentials).await {
         Ok(caller) => caller,
         Err(error) => return error.into_response(),
@@ -267,8 +267,37 @@ struct Credentials {
     client_ip: Option<std::net::IpAddr>,
 }
 
+/// The client's address: the peer, or the last address `X-Forwarded-For` names before the first
+/// trusted proxy when the peer is one of `http.trusted_proxies` (never a header from anyone else).
+pub fn client_ip(request: &Request, trusted: &[std::net::IpAddr]) -> Option<std::net::IpAddr> {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip())?;
+    if !trusted.contains(&peer) {
+        return Some(peer);
+    }
+    let forwarded: Vec<std::net::IpAddr> = request
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|part| part.trim().parse().ok())
+        .collect();
+    // Walk back from the nearest hop: the first address that is not a trusted proxy is the client.
+    Some(
+        forwarded
+            .iter()
+            .rev()
+            .find(|ip| !trusted.contains(ip))
+            .copied()
+            .unwrap_or(peer),
+    )
+}
+
 impl Credentials {
-    fn of(request: &Request) -> Self {
+    fn of(request: &Request, trusted: &[std::net::IpAddr]) -> Self {
         Self {
             authorization: request.headers().get(header::AUTHORIZATION).cloned(),
             request_id: request
@@ -276,10 +305,7 @@ impl Credentials {
                 .get(crate::problem::REQUEST_ID)
                 .and_then(|value| value.to_str().ok())
                 .map(str::to_owned),
-            client_ip: request
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|info| info.0.ip()),
+            client_ip: client_ip(request, trusted),
         }
     }
 }

@@ -22,6 +22,8 @@ pub fn sensitive_action(method: &Method, path: &str) -> Option<&'static str> {
         ("POST", "/api/v1/pricing/rules") => "pricing.create",
         ("PATCH", "/api/v1/pricing/rules/{id}") => "pricing.update",
         ("POST", "/api/v1/payments/orders/{id}/close") => "payments.close",
+        ("POST", "/api/v1/risk/blocks") => "risk.block",
+        ("DELETE", "/api/v1/risk/blocks/{id}") => "risk.unblock",
         _ => return None,
     })
 }

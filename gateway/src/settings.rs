@@ -69,6 +69,24 @@ pub struct RiskSettings {
     pub min_amount_fen: i64,
     /// Largest recharge, fen.
     pub max_amount_fen: i64,
+    /// Largest recharge of an account younger than `new_account_hours`, fen.
+    pub new_account_max_fen: i64,
+    /// How long an account counts as new, hours.
+    pub new_account_hours: i64,
+    /// Paid plus pending recharges per user per Beijing day, fen.
+    pub daily_cap_fen: i64,
+    /// Paid plus pending recharges per user per Beijing month, fen.
+    pub monthly_cap_fen: i64,
+    /// Orders a user may place per minute.
+    pub user_per_minute: i64,
+    /// Orders a user may place per hour.
+    pub user_per_hour: i64,
+    /// Orders one client IP may place per minute.
+    pub ip_per_minute: i64,
+    /// Pending orders a user may have at once.
+    pub max_pending: i64,
+    /// A payer openid paying for more accounts than this in 24 h flags their orders for review.
+    pub payer_max_accounts: i64,
 }
 
 impl Default for RiskSettings {
@@ -76,6 +94,15 @@ impl Default for RiskSettings {
         Self {
             min_amount_fen: 100,
             max_amount_fen: 200_000,
+            new_account_max_fen: 20_000,
+            new_account_hours: 24,
+            daily_cap_fen: 500_000,
+            monthly_cap_fen: 2_000_000,
+            user_per_minute: 3,
+            user_per_hour: 20,
+            ip_per_minute: 10,
+            max_pending: 3,
+            payer_max_accounts: 3,
         }
     }
 }
@@ -412,6 +439,9 @@ pub struct HttpSettings {
     /// Most TCP connections the node serves at once (WebSocket ones included); beyond, new
     /// connections wait in the listen backlog until one closes.
     pub max_connections: usize,
+    /// Proxies whose `X-Forwarded-For` is believed (the client IP of risk rules and audit);
+    /// from anyone else the header is ignored.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// The PostgreSQL pool.
@@ -458,6 +488,7 @@ impl Default for HttpSettings {
             header_read_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             max_connections: 20_000,
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -185,3 +185,61 @@ pub struct Reconciliation {
     /// The items: all of them for one day, the flagged ones in a listing.
     pub items: Vec<ReconciliationItem>,
 }
+
+/// What a block list entry blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockKind {
+    /// A hub user id.
+    User,
+    /// A client IP address.
+    Ip,
+    /// A WeChat openid (the user's login identity, or a payer's: paid orders are flagged).
+    Openid,
+}
+
+impl BlockKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlockKind::User => "user",
+            BlockKind::Ip => "ip",
+            BlockKind::Openid => "openid",
+        }
+    }
+}
+
+/// `POST /api/v1/risk/blocks`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRiskBlock {
+    /// What is blocked.
+    pub kind: BlockKind,
+    /// The user id, IP address or openid.
+    #[schema(min_length = 1, max_length = 128)]
+    pub value: String,
+    /// Why (kept with the block and in the audit trail).
+    #[schema(min_length = 1, max_length = 500)]
+    pub reason: String,
+    /// When the block ends by itself (none: until removed).
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A block list entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RiskBlock {
+    /// Its id.
+    pub id: String,
+    /// What is blocked.
+    pub kind: BlockKind,
+    /// The user id, IP address or openid.
+    pub value: String,
+    /// Why.
+    pub reason: String,
+    /// Who added it.
+    pub created_by: String,
+    /// When.
+    pub created_at: DateTime<Utc>,
+    /// When it ends by itself.
+    pub expires_at: Option<DateTime<Utc>>,
+}

@@ -9,6 +9,7 @@ pub mod licenses;
 pub mod ops;
 pub mod payments;
 pub mod pricing;
+pub mod risk;
 pub mod sessions;
 pub mod tasks;
 pub mod wechat_login;
@@ -87,6 +88,8 @@ pub fn all(dev_mode: bool) -> OpenApiRouter<AppState> {
         .routes(routes!(payments::reconciliations))
         .routes(routes!(payments::reconciliation))
         .routes(routes!(ops::jobs))
+        .routes(routes!(risk::list, risk::create))
+        .routes(routes!(risk::remove))
         .routes(routes!(crate::realtime::publish::publish))
         .routes(routes!(crate::realtime::websocket::websocket))
         .routes(routes!(crate::realtime::sse::sse));

@@ -56,23 +56,6 @@ fn wechat_error(error: PayError) -> ApiError {
     .with_source(error)
 }
 
-/// The risk rules that run before any WeChat call (issue #12 adds caps, velocity, block lists).
-fn risk_check(state: &AppState, amount_fen: i64) -> ApiResult<()> {
-    let risk = &state.settings.risk;
-    if amount_fen < risk.min_amount_fen || amount_fen > risk.max_amount_fen {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            ErrorCode::RiskDenied,
-            format!(
-                "a recharge is between {} and {} fen",
-                risk.min_amount_fen, risk.max_amount_fen
-            ),
-        )
-        .with_reason_code("amount_out_of_range"));
-    }
-    Ok(())
-}
-
 /// Places a recharge order: `amount_fen` (integer fen) → a pending order with the `code_url` to
 /// show as a QR code. The risk rules run first (403 `risk_denied` / 429 `risk_rate_limited` with
 /// `reason_code`, no WeChat call). A WeChat refusal leaves the order `failed` and answers 502
@@ -82,8 +65,10 @@ fn risk_check(state: &AppState, amount_fen: i64) -> ApiResult<()> {
     params(("Idempotency-Key" = String, Header, description = "1-255 visible ASCII characters")),
     responses(
         (status = 201, body = PaymentOrder),
+        (status = 200, body = PaymentOrder, description = "A pending order of the same amount, reused"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 429, body = Problem, content_type = "application/problem+json"),
         (status = 502, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json")))]
 pub async fn recharge(
@@ -105,12 +90,30 @@ pub async fn recharge(
             caller.principal.account_id.clone().ok_or_else(|| {
                 ApiError::validation("this caller has no credit account to recharge")
             })?;
-        risk_check(&state, request.amount_fen)?;
-        Ok((request, account_id))
+        let verdict = crate::risk::judge(
+            &state,
+            &crate::risk::Recharge {
+                user_id: &caller.principal.user_id,
+                client_ip: caller.client_ip,
+                amount_fen: request.amount_fen,
+            },
+        )
+        .await?;
+        Ok((request, account_id, verdict))
     }
     .await;
     let (request, account_id) = match prepared {
-        Ok(prepared) => prepared,
+        Ok((_, _, crate::risk::Verdict::Reuse(order))) => {
+            // The same amount while one is pending: that order again (200), not a new one.
+            let (response, _) = guard
+                .run_tx(
+                    StatusCode::OK,
+                    |tx: Tx| async move { (tx, Ok(order.order)) },
+                )
+                .await;
+            return response;
+        }
+        Ok((request, account_id, crate::risk::Verdict::Allow)) => (request, account_id),
         Err(error) => {
             let target = ("payment_order", None);
             crate::refusals::record_for(&state, &caller, "payments.recharge", target, &error).await;

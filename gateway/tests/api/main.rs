@@ -20,6 +20,7 @@ mod pricing;
 mod realtime;
 mod realtime_abuse;
 mod reconciliation;
+mod risk;
 mod sdk;
 mod sessions;
 mod sse;

@@ -155,6 +155,11 @@ pub fn with_wechat(sandbox: &Sandbox) -> impl FnOnce(&mut Settings, &str) + '_ {
     move |settings, address| {
         settings.wechat = sandbox.settings(address);
         settings.payments.query_scan_ms = 3_600_000;
+        // Tests place many orders quickly; the risk tests set their own limits.
+        settings.risk.user_per_minute = 1_000;
+        settings.risk.user_per_hour = 1_000;
+        settings.risk.ip_per_minute = 1_000;
+        settings.risk.max_pending = 100;
     }
 }
 
