@@ -116,6 +116,12 @@ pub struct AuditFilter {
     pub actor_id: Option<String>,
     /// Only this action.
     pub action: Option<String>,
+    /// Only this kind of target.
+    pub target_type: Option<String>,
+    /// Only this target.
+    pub target_id: Option<String>,
+    /// Only this outcome (`success`, `denied`, `failure`).
+    pub outcome: Option<String>,
     /// From this time (inclusive).
     pub from: Option<chrono::DateTime<chrono::Utc>>,
     /// Up to this time (exclusive).
@@ -139,6 +145,8 @@ pub async fn list(
            and ($3::timestamptz is null or created_at >= $3) \
            and ($4::timestamptz is null or created_at < $4) \
            and ($5::bigint is null or id < $5) \
+           and ($7::text is null or target_type = $7) and ($8::text is null or target_id = $8) \
+           and ($9::text is null or outcome = $9) \
          order by id desc limit $6"
     ))
     .bind(&filter.actor_id)
@@ -147,6 +155,9 @@ pub async fn list(
     .bind(filter.to)
     .bind(filter.before_id)
     .bind(limit)
+    .bind(&filter.target_type)
+    .bind(&filter.target_id)
+    .bind(&filter.outcome)
     .fetch_all(conn)
     .await?;
     Ok(rows)
@@ -163,4 +174,89 @@ pub async fn get(conn: &mut PgConnection, id: i64) -> DomainResult<AuditRecord> 
     .ok_or(crate::DomainError::NotFound {
         what: "audit entry",
     })
+}
+
+/// One entry of a trail: when, from which record, the record itself.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
+pub struct TrailEntry {
+    /// When it happened.
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// `state` (task_state_history), `task_audit`, `ledger`, `payment` or `access`
+    /// (audit_access_log).
+    pub source: String,
+    /// The record, as stored (who did it and the request id included).
+    pub data: serde_json::Value,
+}
+
+/// Everything recorded about a task, in time order: its state history, its task audit rows, its
+/// ledger rows (the hold, capture or release, charges naming it, and refunds of those), and the
+/// access-log rows that touched it. `None` when there is no such task.
+pub async fn task_trail(
+    conn: &mut PgConnection,
+    task_id: uuid::Uuid,
+) -> DomainResult<Option<(serde_json::Value, Vec<TrailEntry>)>> {
+    let task: Option<serde_json::Value> =
+        sqlx::query_scalar("select to_jsonb(t) from tasks t where id = $1")
+            .bind(task_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some(task) = task else {
+        return Ok(None);
+    };
+    let entries = sqlx::query_as::<_, TrailEntry>(
+        "with ledger as ( \
+           select * from credit_ledger \
+            where task_id = $1 or hold_id in (select id from credit_holds where task_id = $1)), \
+         related as ( \
+           select * from ledger \
+           union select l.* from credit_ledger l where l.related_entry_id in (select id from ledger)) \
+         select created_at as at, 'state' as source, to_jsonb(h) as data \
+           from task_state_history h where task_id = $1 \
+         union all \
+         select created_at, 'task_audit', to_jsonb(a) from task_audit_logs a where task_id = $1 \
+         union all \
+         select created_at, 'ledger', to_jsonb(r) from related r \
+         union all \
+         select created_at, 'access', \
+                to_jsonb(x) - 'client_ip' || jsonb_build_object('client_ip', host(x.client_ip)) \
+           from audit_access_log x \
+          where (target_type = 'task' and target_id = $1::text) or detail->>'task_id' = $1::text \
+         order by at, source",
+    )
+    .bind(task_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Some((task, entries)))
+}
+
+/// An account's money trail over `[from, to)`: its ledger rows (charges, refunds, adjustments,
+/// recharges, holds…), its payment orders, and the access-log rows that targeted it, each with
+/// who did it and the request id, in time order.
+pub async fn account_trail(
+    conn: &mut PgConnection,
+    account_id: &str,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+) -> DomainResult<Vec<TrailEntry>> {
+    let entries = sqlx::query_as::<_, TrailEntry>(
+        "select created_at as at, 'ledger' as source, to_jsonb(l) as data from credit_ledger l \
+          where account_id = $1 and created_at >= $2 and created_at < $3 \
+         union all \
+         select created_at, 'payment', to_jsonb(p) - 'code_url' - 'payer_client_ip' \
+           from payment_orders p where account_id = $1 and created_at >= $2 and created_at < $3 \
+         union all \
+         select created_at, 'access', \
+                to_jsonb(x) - 'client_ip' || jsonb_build_object('client_ip', host(x.client_ip)) \
+           from audit_access_log x \
+          where target_type = 'credit_account' and target_id = $1 \
+            and created_at >= $2 and created_at < $3 \
+         order by at, source \
+         limit 100000",
+    )
+    .bind(account_id)
+    .bind(from)
+    .bind(to)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(entries)
 }

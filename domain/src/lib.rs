@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod db;
 pub mod error;
+pub mod export;
 pub mod idempotency;
 pub mod identity;
 pub mod ledger;

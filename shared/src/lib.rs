@@ -3,6 +3,7 @@
 
 pub mod credits;
 pub mod error_code;
+pub mod export;
 pub mod licenses;
 pub mod limits;
 pub mod page;

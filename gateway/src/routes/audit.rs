@@ -23,6 +23,14 @@ pub struct AuditQuery {
     /// Only this action (e.g. `credits.refund`).
     #[param(max_length = 255)]
     pub action: Option<String>,
+    /// Only this kind of target (e.g. `credit_account`, `task`, `payment_order`).
+    #[param(max_length = 64)]
+    pub target_type: Option<String>,
+    /// Only this target.
+    #[param(max_length = 255)]
+    pub target_id: Option<String>,
+    /// Only this outcome: `success`, `denied` or `failure`.
+    pub outcome: Option<AuditOutcome>,
     /// From this time, RFC 3339 (inclusive).
     pub from: Option<DateTime<Utc>>,
     /// Up to this time, RFC 3339 (exclusive).
@@ -34,7 +42,19 @@ pub struct AuditQuery {
     pub cursor: Option<String>,
 }
 
-/// Access audit rows, newest first.
+/// An audit row's outcome, as a filter.
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditOutcome {
+    /// The act was carried out.
+    Success,
+    /// The caller was not allowed.
+    Denied,
+    /// The act was attempted and failed.
+    Failure,
+}
+
+/// Access audit rows, newest first, filtered by actor, action, target, outcome and time.
 #[utoipa::path(get, path = "/api/v1/audit/access-logs", tag = "audit", security(("bearer" = [])),
     params(AuditQuery),
     responses(
@@ -51,16 +71,33 @@ pub async fn list(
     };
     let limit = page.limit()?;
     let too_long = |value: &Option<String>| value.as_ref().is_some_and(|value| value.len() > 255);
-    if too_long(&query.actor_id) || too_long(&query.action) {
+    if too_long(&query.actor_id)
+        || too_long(&query.action)
+        || too_long(&query.target_id)
+        || query
+            .target_type
+            .as_ref()
+            .is_some_and(|value| value.len() > 64)
+    {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             ErrorCode::InvalidQuery,
-            "actor_id and action are at most 255 bytes",
+            "actor_id, action and target_id are at most 255 bytes, target_type 64",
         ));
     }
     let filter = AuditFilter {
         actor_id: query.actor_id.clone(),
         action: query.action.clone(),
+        target_type: query.target_type.clone(),
+        target_id: query.target_id.clone(),
+        outcome: query.outcome.map(|outcome| {
+            match outcome {
+                AuditOutcome::Success => "success",
+                AuditOutcome::Denied => "denied",
+                AuditOutcome::Failure => "failure",
+            }
+            .to_owned()
+        }),
         from: query.from,
         to: query.to,
         before_id: page.before_id()?,
@@ -121,4 +158,126 @@ pub async fn get(
     .await?;
     tx.commit().await.map_err(database_error)?;
     Ok(Json(record))
+}
+
+/// Records an `audit.read` of `target` in `tx`.
+async fn audited_read(
+    tx: &mut sqlx::PgConnection,
+    caller: &Caller,
+    target: (&str, &str),
+) -> ApiResult<()> {
+    domain::audit::record(
+        tx,
+        &caller.actor(),
+        AuditEntry {
+            action: "audit.read",
+            target_type: Some(target.0),
+            target_id: Some(target.1),
+            outcome: Outcome::Success,
+            detail: None,
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// A task's trail.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct TaskTrail {
+    /// The task as stored.
+    pub task: serde_json::Value,
+    /// Its state history, task audit rows, ledger rows and access-log rows, in time order.
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<domain::audit::TrailEntry>,
+}
+
+/// Everything recorded about a task, in time order: state history, task audit rows, ledger rows
+/// (hold, capture, release, refunds of its charges) and the access-log rows that touched it.
+/// Audited `audit.read`.
+#[utoipa::path(get, path = "/api/v1/audit/tasks/{id}/trail", tag = "audit", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "Task id")),
+    responses(
+        (status = 200, body = TaskTrail),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn task_trail(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<TaskTrail>> {
+    let task_id: uuid::Uuid = id
+        .parse()
+        .map_err(|_| ApiError::not_found("task not found"))?;
+    let mut tx = state.db.begin().await.map_err(database_error)?;
+    let (task, events) = domain::audit::task_trail(&mut tx, task_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("task not found"))?;
+    audited_read(&mut tx, &caller, ("task", &id)).await?;
+    tx.commit().await.map_err(database_error)?;
+    Ok(Json(TaskTrail { task, events }))
+}
+
+/// `?from=&to=` of an account trail (default: the last 30 days).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TrailQuery {
+    /// From this time, RFC 3339 (inclusive).
+    pub from: Option<DateTime<Utc>>,
+    /// Up to this time, RFC 3339 (exclusive).
+    pub to: Option<DateTime<Utc>>,
+}
+
+/// An account's trail.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct AccountTrail {
+    /// The account.
+    pub account_id: String,
+    /// Its ledger rows, payment orders and access-log rows, in time order.
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<domain::audit::TrailEntry>,
+}
+
+/// An account's money over a range, in time order: ledger rows (charges, refunds, adjustments,
+/// recharges, holds), payment orders and the access-log rows that targeted it, each with who did
+/// it and the request id. Audited `audit.read`.
+#[utoipa::path(get, path = "/api/v1/audit/accounts/{id}/trail", tag = "audit", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Account id"), TrailQuery),
+    responses(
+        (status = 200, body = AccountTrail),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn account_trail(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(query): Query<TrailQuery>,
+) -> ApiResult<Json<AccountTrail>> {
+    if !crate::auth::valid_id(&id) {
+        return Err(ApiError::not_found("account not found"));
+    }
+    let to = query.to.unwrap_or_else(Utc::now);
+    let from = query.from.unwrap_or(to - chrono::Duration::days(30));
+    if from >= to {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidQuery,
+            "from must be before to",
+        ));
+    }
+    let mut tx = state.db.begin().await.map_err(database_error)?;
+    let exists: bool =
+        sqlx::query_scalar("select exists (select 1 from credit_accounts where id = $1)")
+            .bind(&id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(database_error)?;
+    if !exists {
+        return Err(ApiError::not_found("account not found"));
+    }
+    let events = domain::audit::account_trail(&mut tx, &id, from, to).await?;
+    audited_read(&mut tx, &caller, ("credit_account", &id)).await?;
+    tx.commit().await.map_err(database_error)?;
+    Ok(Json(AccountTrail {
+        account_id: id,
+        events,
+    }))
 }

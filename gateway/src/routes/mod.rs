@@ -5,6 +5,7 @@ pub mod audit;
 pub mod contract;
 pub mod credits;
 pub mod dev;
+pub mod export;
 pub mod licenses;
 pub mod ops;
 pub mod payments;
@@ -62,6 +63,9 @@ pub fn all(dev_mode: bool) -> OpenApiRouter<AppState> {
         .routes(routes!(sessions::put_theme))
         .routes(routes!(audit::list))
         .routes(routes!(audit::get))
+        .routes(routes!(audit::task_trail))
+        .routes(routes!(audit::account_trail))
+        .routes(routes!(export::export))
         .routes(routes!(credits::estimate))
         .routes(routes!(credits::charge))
         .routes(routes!(credits::refund))

@@ -2,6 +2,7 @@
 //! router on port 0 (`helpers::spawn_app`) or the real binary, and talks HTTP to it.
 
 mod audit;
+mod audit_export;
 mod auth;
 mod binary;
 mod cluster;
