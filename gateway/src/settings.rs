@@ -17,6 +17,10 @@ use std::time::Duration;
 /// The name of the environment variable naming a TOML settings file.
 pub const CONFIG_ENV: &str = "HUB_CONFIG";
 
+/// `HUB_*` variables that are not settings: the settings file's name and the ones `scripts/run`
+/// reads (`HUB_DATA_DIR`, `HUB_PG_PORT`, `HUB_SANDBOX_LISTEN`).
+const SCRIPT_VARIABLES: &[&str] = &["config", "data_dir", "pg_port", "sandbox_listen"];
+
 /// The secret used when none is configured in dev mode; never accepted outside dev mode.
 const DEV_JWT_SECRET: &str = "dev-mode-only-insecure-jwt-secret-change-me";
 
@@ -522,7 +526,7 @@ impl Settings {
             figment = figment.merge(Toml::file(file));
         }
         let settings: Settings = figment
-            .merge(Env::prefixed("HUB_").ignore(&["config"]).split("__"))
+            .merge(Env::prefixed("HUB_").ignore(SCRIPT_VARIABLES).split("__"))
             .merge(Env::raw().only(&["database_url", "redis_url"]))
             .extract()
             .context("reading settings (defaults, settings file, HUB_* environment)")?;
@@ -706,6 +710,19 @@ mod tests {
             assert_eq!(settings.http.body_limit_bytes, 1024);
             assert_eq!(settings.http.request_timeout_ms, 500);
             assert_eq!(settings.database_url().ok(), Some("postgres://x@y/z"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_scripts_variables_are_not_settings() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HUB_DATA_DIR", "/tmp/data");
+            jail.set_env("HUB_PG_PORT", "54329");
+            jail.set_env("HUB_SANDBOX_LISTEN", "127.0.0.1:8090");
+            jail.set_env("HUB_WECHAT__MCHID", "1230000109");
+            let settings = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(settings.wechat.mchid.as_deref(), Some("1230000109"));
             Ok(())
         });
     }
