@@ -8,6 +8,7 @@ pub mod hygiene;
 pub mod idempotency;
 pub mod jobs;
 pub mod license_cache;
+pub mod masking;
 pub mod pagination;
 pub mod payments;
 pub mod permissions;
@@ -161,6 +162,7 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
         StatusCode::REQUEST_TIMEOUT,
         state.settings.request_timeout(),
     );
+    let trusted = state.settings.http.trusted_proxies.clone();
     // `Router::layer` wraps each route (and the fallback): the first layer added is the innermost.
     Ok(routes
         .fallback(|| async { StatusCode::NOT_FOUND })
@@ -177,17 +179,24 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
         .layer(middleware::from_fn(problem::finalize))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
-            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            // A 5xx is logged once, at error, by the error that caused it (with the request id
+            // of this span and the cause chain), not a second time by the trace layer.
+            TraceLayer::new_for_http()
+                .on_failure(())
+                .make_span_with(move |request: &Request| {
                 let route = request
                     .extensions()
                     .get::<MatchedPath>()
                     .map(MatchedPath::as_str);
+                let client_ip = permissions::client_ip(request, &trusted)
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_default();
                 let request_id = request
                     .headers()
                     .get(problem::REQUEST_ID)
                     .and_then(|value| value.to_str().ok())
                     .unwrap_or_default();
-                tracing::info_span!("request", method = %request.method(), route, request_id)
+                tracing::info_span!("request", method = %request.method(), route, request_id, client_ip)
             }),
         )
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))

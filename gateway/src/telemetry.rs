@@ -7,8 +7,10 @@ use tracing_subscriber::EnvFilter;
 pub fn init(json: bool) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
+    // Every line goes through the masking layer (`crate::masking`) on its way out.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_writer(crate::masking::MaskedStdout)
         .with_target(true);
     let result = if json {
         builder

@@ -398,6 +398,9 @@ async fn complete_login(
     .await?;
     tx.commit().await.map_err(crate::error::database_error)?;
     metrics::counter!("wechat_logins_total", "outcome" => "success").increment(1);
+    // The openid is masked to 4 characters on its way to the log (crate::masking).
+    tracing::info!(user_id = %identity.user_id, openid = %token.openid, created = identity.created,
+        "WeChat login");
     Ok(LoginAnswer {
         token: jwt,
         expires_at: claims.exp,

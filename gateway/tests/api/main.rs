@@ -6,6 +6,7 @@ mod audit_export;
 mod auth;
 mod binary;
 mod cluster;
+mod compliant_logs;
 mod credits;
 mod errors;
 mod faults;
