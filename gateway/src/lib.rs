@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod events;
 pub mod http_metrics;
 pub mod hygiene;
 pub mod idempotency;
@@ -130,6 +131,19 @@ pub fn periodic_jobs(state: &AppState) -> Vec<jobs::Job> {
         lease: std::time::Duration::from_secs(60),
         run: Arc::new(|state, _fence| Box::pin(purge_idempotency_keys(state))),
     }];
+    list.push(jobs::Job {
+        name: "events.retention",
+        schedule: jobs::Schedule::Every(std::time::Duration::from_secs(3600)),
+        lease: std::time::Duration::from_secs(120),
+        run: Arc::new(|state, _fence| {
+            Box::pin(async move {
+                let months = state.settings.events.retention_months;
+                Ok(jobs::Report::done(
+                    events::retention(&state.db, months).await?,
+                ))
+            })
+        }),
+    });
     if state.wechat.pay.is_some() {
         list.push(payments::query_job(&settings.payments));
         list.push(payments::reconcile_job(&settings.payments));

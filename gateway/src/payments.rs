@@ -363,6 +363,14 @@ pub async fn credit(
                 )
                 .await;
             crate::risk::review_payer(state, order.id()).await;
+            state.events.server(
+                "recharge.paid",
+                Some(&order_view.user_id),
+                json!({
+                    "order_id": order_view.order_id, "amount_fen": order_view.amount_fen,
+                    "credits": order_view.credits,
+                }),
+            );
             Ok(Credited::Now)
         }
         Err(DomainError::AlreadyApplied(_)) => Ok(Credited::Before),

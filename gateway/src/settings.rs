@@ -63,6 +63,33 @@ pub struct Settings {
     pub payments: PaymentsSettings,
     /// Recharge risk rules (`HUB_RISK__*`).
     pub risk: RiskSettings,
+    /// Product events (`HUB_EVENTS__*`).
+    pub events: EventsSettings,
+}
+
+/// Product events.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsSettings {
+    /// Events waiting for the writer at most; beyond, they are dropped (and counted).
+    pub queue_capacity: usize,
+    /// Events per insert at most.
+    pub batch_size: usize,
+    /// The writer's pause between batches.
+    pub flush_interval_ms: u64,
+    /// Months of events kept (older monthly partitions are dropped).
+    pub retention_months: u32,
+}
+
+impl Default for EventsSettings {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 10_000,
+            batch_size: 500,
+            flush_interval_ms: 200,
+            retention_months: 13,
+        }
+    }
 }
 
 /// Recharge risk rules, run before any WeChat call.
@@ -479,6 +506,7 @@ impl Default for Settings {
             wechat: WechatSettings::default(),
             payments: PaymentsSettings::default(),
             risk: RiskSettings::default(),
+            events: EventsSettings::default(),
         }
     }
 }

@@ -45,6 +45,8 @@ pub struct AppState {
     pub tasks: hub::task::Tasks,
     /// What sessions ask the gateway.
     pub authority: Arc<GatewayAuthority>,
+    /// Product events: where requests put them.
+    pub events: crate::events::EventSink,
     /// WeChat Pay and WeChat login, where configured.
     pub wechat: crate::payments::SharedWechat,
     /// Invariant: false until shutdown starts, then true for good.
@@ -78,6 +80,12 @@ impl AppState {
             .transpose()
             .context("parsing REDIS_URL")?;
         let wechat = Arc::new(crate::payments::Wechat::from_settings(&settings.wechat)?);
+        let (events, event_queue) = crate::events::EventSink::new(&settings.events)?;
+        tokio::spawn(crate::events::run_writer(
+            db.clone(),
+            event_queue,
+            settings.events.clone(),
+        ));
         let tokens = Arc::new(TokenKeys::new(
             &settings.jwt_secret()?,
             settings.max_token_ttl(),
@@ -108,6 +116,7 @@ impl AppState {
             tokens: tokens.clone(),
             permissions: permissions.clone(),
             db: db.clone(),
+            events: events.clone(),
         });
         Ok(Self {
             realtime,
@@ -121,6 +130,7 @@ impl AppState {
             tokens,
             permissions,
             wechat,
+            events,
             draining: Arc::new(AtomicBool::new(false)),
             provisioned: Arc::new(DashSet::new()),
         })

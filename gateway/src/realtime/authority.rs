@@ -18,16 +18,25 @@ pub struct GatewayAuthority {
     pub permissions: Arc<PermissionMatrix>,
     /// Task ownership lookups.
     pub db: PgPool,
+    /// Product events (`session.connected`).
+    pub events: crate::events::EventSink,
 }
 
 impl Authority for GatewayAuthority {
     fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
         match self.tokens.verify(token) {
-            Ok((principal, claims)) => Ok(Identity {
-                user_id: principal.user_id,
-                roles: principal.roles,
-                expires_at: claims.exp,
-            }),
+            Ok((principal, claims)) => {
+                self.events.server(
+                    "session.connected",
+                    Some(&principal.user_id),
+                    serde_json::json!({}),
+                );
+                Ok(Identity {
+                    user_id: principal.user_id,
+                    roles: principal.roles,
+                    expires_at: claims.exp,
+                })
+            }
             Err(TokenError::Expired) => Err(AuthError::Expired),
             Err(TokenError::Invalid(_)) => Err(AuthError::Invalid),
         }

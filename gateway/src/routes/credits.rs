@@ -63,7 +63,17 @@ where
         StatusCode::CREATED,
         |applied: &Applied| serde_json::to_vec(&applied.entry).unwrap_or_default(),
     );
-    guard.apply_ledger(request, render).await.0
+    let (response, applied) = guard.apply_ledger(request, render).await;
+    if let Some(applied) = applied
+        && action == "credits.charge"
+    {
+        state.events.server(
+            "credits.charged",
+            Some(&caller.principal.user_id),
+            serde_json::json!({ "amount": -applied.entry.amount, "task_id": applied.entry.task_id }),
+        );
+    }
+    response
 }
 
 fn check_amount(amount: i64, allow_negative: bool) -> Result<(), ApiError> {

@@ -105,6 +105,16 @@ pub async fn check(
         "denied"
     };
     metrics::counter!("license_checks_total", "outcome" => outcome, "cache" => cache).increment(1);
+    if !decision.allowed {
+        state.events.server(
+            "license.denied",
+            Some(&subject),
+            serde_json::json!({
+                "resource": resource, "action": action,
+                "violation": decision.violation_code.map(|violation| violation.as_str()),
+            }),
+        );
+    }
     Ok(Json(decision))
 }
 

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod contract;
 pub mod credits;
 pub mod dev;
+pub mod events;
 pub mod export;
 pub mod licenses;
 pub mod ops;
@@ -92,6 +93,8 @@ pub fn all(dev_mode: bool) -> OpenApiRouter<AppState> {
         .routes(routes!(payments::reconciliations))
         .routes(routes!(payments::reconciliation))
         .routes(routes!(ops::jobs))
+        .routes(routes!(events::record))
+        .routes(routes!(events::stats))
         .routes(routes!(risk::list, risk::create))
         .routes(routes!(risk::remove))
         .routes(routes!(crate::realtime::publish::publish))

@@ -95,6 +95,7 @@ pub async fn create(
         && let Some(change) = &applied.task
     {
         metrics::counter!("tasks_created_total").increment(1);
+        crate::events::task_event(&state.events, "task.created", change);
         state.tasks.publish(change, Some(&applied.balance)).await;
     }
     response
@@ -123,6 +124,7 @@ async fn create_free(
         .await;
     if let Some(Created(change)) = created {
         metrics::counter!("tasks_created_total").increment(1);
+        crate::events::task_event(&state.events, "task.created", &change);
         state.tasks.publish(&change, None).await;
     }
     response
@@ -291,6 +293,9 @@ async fn apply_event(
         .await
     {
         Ok(outcome) => {
+            if outcome.change.event.status.is_terminal() {
+                crate::events::task_event(&state.events, "task.finished", &outcome.change);
+            }
             let stored = outcome
                 .stored
                 .unwrap_or_else(|| render(Ok(&outcome.change)));

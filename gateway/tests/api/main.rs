@@ -9,6 +9,7 @@ mod cluster;
 mod compliant_logs;
 mod credits;
 mod errors;
+mod events;
 mod faults;
 mod helpers;
 mod http_limits;
