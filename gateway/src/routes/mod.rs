@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod contract;
 pub mod credits;
+pub mod dashboard;
 pub mod dev;
 pub mod events;
 pub mod export;
@@ -93,6 +94,7 @@ pub fn all(dev_mode: bool) -> OpenApiRouter<AppState> {
         .routes(routes!(payments::reconciliations))
         .routes(routes!(payments::reconciliation))
         .routes(routes!(ops::jobs))
+        .routes(routes!(dashboard::dashboard))
         .routes(routes!(events::record))
         .routes(routes!(events::stats))
         .routes(routes!(risk::list, risk::create))

@@ -8,6 +8,7 @@ mod binary;
 mod cluster;
 mod compliant_logs;
 mod credits;
+mod dashboard;
 mod errors;
 mod events;
 mod faults;
