@@ -7,6 +7,7 @@ pub mod error;
 pub mod export;
 pub mod idempotency;
 pub mod identity;
+pub mod import;
 pub mod ledger;
 pub mod licenses;
 pub mod payments;

@@ -64,6 +64,16 @@ enum Command {
         #[arg(long)]
         date: chrono::NaiveDate,
     },
+    /// Import a Phase 1 export (users, balances, tasks with history, licenses; one JSON record
+    /// per line, docs/phase1-import.md) into the database. Re-running changes nothing; bad records
+    /// are reported with their line and skipped. Exits 1 when a record was rejected.
+    ImportPhase1 {
+        /// The export file.
+        path: PathBuf,
+        /// Report what would change, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Print a signed bearer token (HS256, HUB_JWT_SECRET) for ops and tests.
     Token {
         /// The user or service id (`sub` claim).
@@ -115,6 +125,7 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("serving the sandbox")
         }
+        Command::ImportPhase1 { path, dry_run } => import_phase1(&settings, &path, dry_run).await,
         Command::Reconcile { date } => {
             gateway::telemetry::init(!settings.dev_mode);
             reconcile(settings, date).await
@@ -231,5 +242,46 @@ async fn reconcile(settings: Settings, date: chrono::NaiveDate) -> anyhow::Resul
             Ok(())
         }
         Err(error) => Err(error.into()),
+    }
+}
+
+async fn import_phase1(
+    settings: &Settings,
+    path: &std::path::Path,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let size = file.metadata().map(|meta| meta.len()).unwrap_or(0);
+    let pool = migrated_pool(settings).await?;
+    let bar = indicatif::ProgressBar::new(size);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    // Only a terminal gets the bar (indicatif hides it otherwise).
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    let report = domain::import::import(&pool, std::io::BufReader::new(file), dry_run, |read| {
+        bar.set_position(read)
+    })
+    .await
+    .context("importing")?;
+    bar.finish_and_clear();
+    let verb = if dry_run { "would apply" } else { "applied" };
+    println!(
+        "{} records: {verb} {}, unchanged {}, rejected {}",
+        report.records,
+        report.applied,
+        report.unchanged,
+        report.rejected.len()
+    );
+    for (line, reason) in &report.rejected {
+        println!("  line {line}: {reason}");
+    }
+    if report.rejected.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("{} records rejected", report.rejected.len())
     }
 }

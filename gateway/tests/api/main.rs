@@ -14,6 +14,7 @@ mod events;
 mod faults;
 mod helpers;
 mod http_limits;
+mod import;
 mod ledger_property;
 mod licenses;
 mod money_safety;
