@@ -119,6 +119,24 @@ pub async fn seed(pool: &PgPool) -> DomainResult<SeedReport> {
         .execute(pool)
         .await?
         .rows_affected();
+        // Their history (created, running, succeeded), so their audit trails tell a story.
+        sqlx::query(
+            "insert into task_state_history (task_id, seq, kind, from_status, to_status, progress, \
+                 actual_units, actor_id, created_at) \
+             select t.id, e.seq, e.kind, e.from_status, e.to_status, e.progress, \
+                    case when e.seq = 3 then t.actual_units end, e.actor, \
+                    case e.seq when 1 then t.created_at \
+                               when 2 then t.created_at + interval '5 seconds' \
+                               else t.finished_at end \
+               from tasks t, (values (1, 'created', null, 'queued', 0, 'studio'), \
+                                     (2, 'state', 'queued', 'running', 0, 'renderer'), \
+                                     (3, 'state', 'running', 'succeeded', 100, 'renderer')) \
+                             as e(seq, kind, from_status, to_status, progress, actor) \
+              where t.owner_id = 'studio' \
+             on conflict do nothing",
+        )
+        .execute(pool)
+        .await?;
     }
     let licenses = [
         (
