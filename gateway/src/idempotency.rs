@@ -383,10 +383,23 @@ fn key_from(
     }))
 }
 
+/// Gives a claim back. When the database cannot be reached (the usual reason a request failed
+/// with 503), keeps trying in the background for a while, so a retry after the database is back
+/// finds the key free instead of waiting for the lease.
 async fn release(state: &AppState, claim: &Claimed) {
-    if let Err(error) = idempotency::release(&state.db, claim).await {
-        tracing::warn!(%error, "cannot release an idempotency key; its lease will expire");
+    if idempotency::release(&state.db, claim).await.is_ok() {
+        return;
     }
+    let (db, claim) = (state.db.clone(), claim.clone());
+    tokio::spawn(async move {
+        for _ in 0..120 {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            if idempotency::release(&db, &claim).await.is_ok() {
+                return;
+            }
+        }
+        tracing::warn!("cannot release an idempotency key; its lease will expire");
+    });
 }
 
 /// The exact bytes of the problem an `ApiError` becomes, for storing.

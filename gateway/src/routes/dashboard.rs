@@ -77,7 +77,8 @@ select jsonb_build_object( \
 
 /// A creator's dashboard: tasks by state, success rate, task duration p50/p95, credits spent
 /// (captures at their actual cost, plus charges, minus refunds) and recharged, a daily series in
-/// Beijing days and the top task types. The creator itself, or operators and admins for any.
+/// Beijing days and the top task types. The creator itself, or operators and admins for any
+/// (another creator's reads as 404 without `dashboard:read:any`).
 #[utoipa::path(get, path = "/api/v1/creators/{id}/dashboard", tag = "dashboard", security(("bearer" = [])),
     params(("id" = String, Path, description = "Creator (user) id"), DashboardQuery),
     responses(
@@ -93,10 +94,9 @@ pub async fn dashboard(
     if !crate::auth::valid_id(&id) {
         return Err(ApiError::not_found("creator not found"));
     }
+    // Another creator's dashboard reads as missing without the any scope.
     if id != caller.principal.user_id && !caller.has_scope("dashboard:read:any") {
-        return Err(ApiError::forbidden(
-            "another creator's dashboard needs the scope `dashboard:read:any`",
-        ));
+        return Err(ApiError::not_found("creator not found"));
     }
     let to = query.to.unwrap_or_else(Utc::now);
     let from = query.from.unwrap_or(to - chrono::Duration::days(30));

@@ -145,7 +145,7 @@ async fn the_dashboard_adds_up_what_the_creator_did(db: PgPool) {
     let denied = app
         .get("/api/v1/creators/maker/dashboard", Some(&stranger))
         .await;
-    assert_problem(denied, StatusCode::FORBIDDEN, "forbidden").await;
+    assert_problem(denied, StatusCode::NOT_FOUND, "not_found").await;
     let ops = app.token("ops", &[Role::Operator]);
     assert_eq!(
         app.get("/api/v1/creators/maker/dashboard", Some(&ops))

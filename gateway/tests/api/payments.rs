@@ -1010,3 +1010,27 @@ async fn the_sandbox_makes_its_keys_once_and_writes_settings_a_hub_starts_with()
         .mode();
     assert_eq!(mode & 0o077, 0, "private keys are the owner's only");
 }
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn without_redis_the_login_state_lives_in_postgres_and_is_still_single_use(db: PgPool) {
+    let sandbox = Sandbox::start().await;
+    let app = spawn_app_at(db.clone(), |settings: &mut Settings, address: &str| {
+        settings.wechat = sandbox.settings(address);
+        settings.redis_url = None;
+    })
+    .await;
+    let (_, url, cookie) = start_login(&app, "/").await;
+    assert_eq!(
+        count(&db, "select count(*) from wechat_login_states").await,
+        1
+    );
+    let location = approve(&sandbox, &url, "oNoRedis0000000000000000001", "uNoRedis").await;
+    let first = follow(&app, &location, &cookie, true).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(
+        count(&db, "select count(*) from wechat_login_states").await,
+        0
+    );
+    let again = follow(&app, &location, &cookie, true).await;
+    assert_problem(again, StatusCode::BAD_REQUEST, "login_state_invalid").await;
+}
