@@ -111,7 +111,7 @@ pub enum Interval {
 #[into_params(parameter_in = Query)]
 pub struct StatsQuery {
     /// Only this event (all when absent).
-    #[param(max_length = 64)]
+    #[param(min_length = 1, max_length = 64)]
     pub name: Option<String>,
     /// From, RFC 3339 (default: 7 days ago).
     pub from: Option<DateTime<Utc>>,
@@ -144,6 +144,17 @@ pub async fn stats(
     State(state): State<AppState>,
     Query(query): Query<StatsQuery>,
 ) -> ApiResult<Json<Vec<EventBucket>>> {
+    if query
+        .name
+        .as_deref()
+        .is_some_and(|name| name.is_empty() || name.len() > 64)
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidQuery,
+            "name is 1 to 64 characters",
+        ));
+    }
     let to = query.to.unwrap_or_else(Utc::now);
     let from = query.from.unwrap_or(to - chrono::Duration::days(7));
     if from >= to || (to - from).num_days() > 400 {

@@ -55,7 +55,8 @@ pub struct ExportQuery {
 #[utoipa::path(get, path = "/api/v1/audit/export", tag = "audit", security(("bearer" = [])),
     params(ExportQuery),
     responses(
-        (status = 200, description = "The records, streamed", content_type = "application/x-ndjson"),
+        (status = 200, description = "The records, streamed (NDJSON or CSV, as asked)",
+            content((String = "application/x-ndjson"), (String = "text/csv"))),
         (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn export(
     State(state): State<AppState>,

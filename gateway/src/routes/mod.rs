@@ -32,7 +32,16 @@ use utoipa_axum::routes;
                        licenses, tasks and publishing. Errors are RFC 9457 problem+json with a \
                        stable `code`.",
     ),
-    components(schemas(shared::Problem, shared::ErrorCode)),
+    // Enums used only in query parameters are not collected from the paths: listed here.
+    components(schemas(
+        shared::Problem,
+        shared::ErrorCode,
+        shared::export::ExportKind,
+        shared::payments::OrderStatus,
+        export::ExportFormat,
+        audit::AuditOutcome,
+        events::Interval,
+    )),
     modifiers(&BearerAuth),
 )]
 struct ApiDoc;

@@ -221,6 +221,35 @@ async fn the_openapi_document_declares_parameters_answers_and_constraints_truthf
     }
     assert!(operations > 30, "{operations} operations");
 
+    // Every reference resolves to a component of the document.
+    fn references(value: &Value, found: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                for (key, inner) in map {
+                    if key == "$ref"
+                        && let Some(reference) = inner.as_str()
+                    {
+                        found.push(reference.to_owned());
+                    }
+                    references(inner, found);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|item| references(item, found)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    references(&document, &mut found);
+    for reference in found {
+        let name = reference
+            .strip_prefix("#/components/schemas/")
+            .unwrap_or_else(|| panic!("unexpected reference {reference}"));
+        assert!(
+            document["components"]["schemas"][name].is_object(),
+            "{reference} does not resolve"
+        );
+    }
+
     // The Idempotency-Key is required where the API requires it, with its shape.
     for path in [
         "/api/v1/credits/charge",
