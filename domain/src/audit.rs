@@ -82,6 +82,17 @@ pub async fn record(
     Ok(id)
 }
 
+/// Writes one audit row on its own (an audit of something that has no transaction of its own:
+/// a login, a read, a refusal, a notification's verdict).
+pub async fn record_now(
+    pool: &sqlx::PgPool,
+    actor: &Actor,
+    entry: AuditEntry<'_>,
+) -> DomainResult<i64> {
+    let mut conn = pool.acquire().await?;
+    record(&mut conn, actor, entry).await
+}
+
 /// A stored audit row.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
 pub struct AuditRecord {

@@ -57,11 +57,7 @@ pub async fn record(
         outcome,
         detail: Some(detail),
     };
-    let written = async {
-        let mut conn = state.db.acquire().await?;
-        domain::audit::record(&mut conn, actor, entry).await
-    }
-    .await;
+    let written = domain::audit::record_now(&state.db, actor, entry).await;
     if let Err(failure) = written {
         tracing::error!(error = %failure, action, "cannot write the audit row of a refusal");
     }

@@ -93,13 +93,8 @@ pub async fn login(
             .map(str::to_owned),
         client_ip: Some(peer.ip()),
     };
-    let mut tx = state
-        .db
-        .begin()
-        .await
-        .map_err(crate::error::database_error)?;
-    domain::audit::record(
-        &mut tx,
+    domain::audit::record_now(
+        &state.db,
         &actor,
         AuditEntry {
             action: "session.dev_login",
@@ -110,7 +105,6 @@ pub async fn login(
         },
     )
     .await?;
-    tx.commit().await.map_err(crate::error::database_error)?;
     Ok((
         StatusCode::CREATED,
         Json(DevToken {

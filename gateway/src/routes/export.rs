@@ -151,27 +151,21 @@ pub async fn export(
             "format": match format { ExportFormat::Ndjson => "ndjson", ExportFormat::Csv => "csv" },
             "rows": rows, "completed": completed,
         });
-        let written = async {
-            let mut tx = writer_state.db.begin().await?;
-            domain::audit::record(
-                &mut tx,
-                &actor,
-                AuditEntry {
-                    action: "audit.export",
-                    target_type: Some("export"),
-                    target_id: Some(kind.as_str()),
-                    outcome: if completed {
-                        Outcome::Success
-                    } else {
-                        Outcome::Failure
-                    },
-                    detail: Some(detail),
+        let written = domain::audit::record_now(
+            &writer_state.db,
+            &actor,
+            AuditEntry {
+                action: "audit.export",
+                target_type: Some("export"),
+                target_id: Some(kind.as_str()),
+                outcome: if completed {
+                    Outcome::Success
+                } else {
+                    Outcome::Failure
                 },
-            )
-            .await?;
-            tx.commit().await?;
-            Ok::<_, domain::DomainError>(())
-        }
+                detail: Some(detail),
+            },
+        )
         .await;
         if let Err(error) = written {
             tracing::error!(%error, "cannot audit an export");

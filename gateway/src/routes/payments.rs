@@ -362,13 +362,8 @@ pub async fn close(
     }
     let closed = domain::payments::close(&state.db, order.id()).await?;
     metrics::counter!("payments_orders_total", "outcome" => "closed").increment(1);
-    let mut tx = state
-        .db
-        .begin()
-        .await
-        .map_err(crate::error::database_error)?;
-    domain::audit::record(
-        &mut tx,
+    domain::audit::record_now(
+        &state.db,
         &caller.actor(),
         AuditEntry {
             action: "payments.close",
@@ -379,7 +374,6 @@ pub async fn close(
         },
     )
     .await?;
-    tx.commit().await.map_err(crate::error::database_error)?;
     Ok(Json(closed.order))
 }
 
@@ -432,23 +426,17 @@ async fn audit_notification(
         _ => Outcome::Failure,
     };
     let actor = crate::payments::wechat_actor(request_id);
-    let written = async {
-        let mut tx = state.db.begin().await?;
-        domain::audit::record(
-            &mut tx,
-            &actor,
-            AuditEntry {
-                action: "payments.notification",
-                target_type: Some("payment_order"),
-                target_id: order_id,
-                outcome,
-                detail: Some(serde_json::json!({ "verdict": verdict, "detail": detail })),
-            },
-        )
-        .await?;
-        tx.commit().await?;
-        Ok::<_, domain::DomainError>(())
-    }
+    let written = domain::audit::record_now(
+        &state.db,
+        &actor,
+        AuditEntry {
+            action: "payments.notification",
+            target_type: Some("payment_order"),
+            target_id: order_id,
+            outcome,
+            detail: Some(serde_json::json!({ "verdict": verdict, "detail": detail })),
+        },
+    )
     .await;
     if let Err(error) = written {
         tracing::warn!(%error, verdict, "cannot audit a payment notification");

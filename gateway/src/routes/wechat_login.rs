@@ -379,13 +379,8 @@ async fn complete_login(
             .map(str::to_owned),
         client_ip: Some(peer.ip()),
     };
-    let mut tx = state
-        .db
-        .begin()
-        .await
-        .map_err(crate::error::database_error)?;
-    domain::audit::record(
-        &mut tx,
+    domain::audit::record_now(
+        &state.db,
         &actor,
         AuditEntry {
             action: "auth.wechat_login",
@@ -396,7 +391,6 @@ async fn complete_login(
         },
     )
     .await?;
-    tx.commit().await.map_err(crate::error::database_error)?;
     metrics::counter!("wechat_logins_total", "outcome" => "success").increment(1);
     // The openid is masked to 4 characters on its way to the log (crate::masking).
     tracing::info!(user_id = %identity.user_id, openid = %token.openid, created = identity.created,
