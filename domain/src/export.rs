@@ -272,6 +272,16 @@ pub fn csv_field(value: Option<&str>) -> String {
     let Some(value) = value else {
         return String::new();
     };
+    // A text a spreadsheet would run as a formula is defused with a leading `'` (numbers, such
+    // as negative amounts, stay numbers).
+    let defused;
+    let value =
+        if value.starts_with(['=', '+', '-', '@', '\t', '\r']) && value.parse::<f64>().is_err() {
+            defused = format!("'{value}");
+            defused.as_str()
+        } else {
+            value
+        };
     let needs_quotes =
         value.contains([',', '"', '\r', '\n']) || value.starts_with(' ') || value.ends_with(' ');
     if needs_quotes {
@@ -308,6 +318,17 @@ mod tests {
             ]),
             "a,,\"b,c\",\"say \"\"hi\"\"\",\"two\nlines\"\r\n"
         );
+    }
+
+    #[test]
+    fn spreadsheet_formulas_are_defused_and_numbers_kept() {
+        assert_eq!(
+            csv_field(Some("=HYPERLINK(\"http://x\")")),
+            "\"'=HYPERLINK(\"\"http://x\"\")\""
+        );
+        assert_eq!(csv_field(Some("@SUM(A1)")), "'@SUM(A1)");
+        assert_eq!(csv_field(Some("-42")), "-42");
+        assert_eq!(csv_field(Some("+1.5")), "+1.5");
     }
 
     #[test]

@@ -125,11 +125,24 @@ impl std::fmt::Debug for Job {
     }
 }
 
-/// A held job lock.
+/// A held job lock. Dropped without [`JobLock::release`] (a run that panicked or was aborted),
+/// it stops renewing (the Redis lease then runs out) and closes its PostgreSQL connection (the
+/// advisory lock goes with the session) instead of handing it back to the pool.
 pub struct JobLock {
-    held: Held,
+    held: Option<Held>,
     fence: Fence,
     renewal: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for JobLock {
+    fn drop(&mut self) {
+        if let Some(renewal) = self.renewal.take() {
+            renewal.abort();
+        }
+        if let Some(Held::Postgres { connection, .. }) = self.held.take() {
+            drop(connection.detach());
+        }
+    }
 }
 
 impl std::fmt::Debug for JobLock {
@@ -212,11 +225,11 @@ impl JobLock {
                 lost.clone(),
             ));
             return Ok(Some(JobLock {
-                held: Held::Redis {
+                held: Some(Held::Redis {
                     connection,
                     key,
                     token,
-                },
+                }),
                 fence: Fence {
                     job: name,
                     token: fence,
@@ -240,7 +253,7 @@ impl JobLock {
                 .fetch_one(&mut *connection)
                 .await?;
         Ok(Some(JobLock {
-            held: Held::Postgres { connection, id },
+            held: Some(Held::Postgres { connection, id }),
             fence: Fence {
                 job: name,
                 token: fence,
@@ -253,13 +266,8 @@ impl JobLock {
     /// Stops renewing and forgets the lock without releasing it, as a node that died mid-run
     /// would (the lease then runs out; for tests of the takeover).
     pub fn abandon(self) {
-        if let Some(renewal) = &self.renewal {
-            renewal.abort();
-        }
-        if let Held::Postgres { connection, .. } = self.held {
-            // A dead node's session ends: its advisory lock goes with it.
-            drop(connection.detach());
-        }
+        // Drop does it: no renewal, and a dead node's session ends with its advisory lock.
+        drop(self);
     }
 
     /// This run's fence.
@@ -268,16 +276,17 @@ impl JobLock {
     }
 
     /// Gives the lock back (only if still ours).
-    pub async fn release(self) {
-        if let Some(renewal) = self.renewal {
+    pub async fn release(mut self) {
+        if let Some(renewal) = self.renewal.take() {
             renewal.abort();
         }
-        match self.held {
-            Held::Redis {
+        match self.held.take() {
+            None => {}
+            Some(Held::Redis {
                 mut connection,
                 key,
                 token,
-            } => {
+            }) => {
                 let released: Result<i64, _> = redis::Script::new(RELEASE)
                     .key(&key)
                     .arg(&token)
@@ -287,7 +296,7 @@ impl JobLock {
                     tracing::warn!(%error, key, "cannot release a job lock; its lease will end");
                 }
             }
-            Held::Postgres { mut connection, id } => {
+            Some(Held::Postgres { mut connection, id }) => {
                 let query = sqlx::query("select pg_advisory_unlock($1)").bind(id);
                 if let Err(error) = connection.execute(query).await {
                     tracing::warn!(%error, "cannot release an advisory lock; closing its connection");

@@ -34,9 +34,14 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
         rule(r"(?i)\b(bearer\s+)[^\s,;]+", |c| {
             format!("{}[redacted]", &c[1])
         }),
-        // Named secrets: `secret=…`, `"apiv3_key": "…"`, `cookie: …`, signatures, passwords.
+        // Cookie headers, whole (every cookie in them).
+        rule(r#"(?i)\b((?:set-)?cookie\s*[:=]\s*)[^\r\n"]+"#, |c| {
+            format!("{}[redacted]", &c[1])
+        }),
+        // Named secrets: `secret=…`, `"apiv3_key": "…"`, `HUB_WECHAT__APIV3_KEY=…`, signatures,
+        // passwords, tokens (the name may end a longer one: `login_secret`, `X_API_KEY`).
         rule(
-            r#"(?i)\b((?:[a-z0-9_]*secret|password|passwd|api_?v3_?key|api_?key|access_token|refresh_token|token|authorization|cookie|set-cookie|signature|wechatpay-signature)\\?"?\s*[:=]\s*\\?"?)([^\s",&;\\]+)"#,
+            r#"(?i)\b([a-z0-9_-]*(?:secret|password|passwd|api_?v3_?key|api_?key|access_token|refresh_token|token|authorization|signature)\\?"?\s*[:=]\s*\\?"?)([^\s",&;\\]+)"#,
             |c| format!("{}[redacted]", &c[1]),
         ),
         // WeChat openids and unionids (`o` + 27 characters, and the like): the first 4 stay.
@@ -52,6 +57,11 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
         // IPv6: the first three groups (the /48) stay.
         rule(
             r"\b([0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}):[0-9A-Fa-f:]*[0-9A-Fa-f]\b",
+            |c| format!("{}::/48", &c[1]),
+        ),
+        // Compressed IPv6 (`2001:db8::1`): the groups before `::` stay, as a /48 at most.
+        rule(
+            r"\b([0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,2})::[0-9A-Fa-f:]*[0-9A-Fa-f]\b",
             |c| format!("{}::/48", &c[1]),
         ),
         // IPv4: the /24 stays (loopback is nobody's address: the node's own `listening` line).
@@ -154,10 +164,12 @@ mod tests {
                 "from 2001:db8:85a3:8d3:1319:8a2e:370:7348 x",
                 "from 2001:db8:85a3::/48 x",
             ),
+            ("Cookie: a=1; hub_wechat_login=abcdef", "Cookie: [redacted]"),
             (
-                "Cookie: hub_wechat_login=abcdef; x",
-                "Cookie: [redacted]; x",
+                "HUB_WECHAT__APIV3_KEY=PAoLKvF2XmfR3caN",
+                "HUB_WECHAT__APIV3_KEY=[redacted]",
             ),
+            ("peer 2001:db8::1 left", "peer 2001:db8::/48 left"),
         ];
         for (line, expected) in cases {
             assert_eq!(mask(line), expected, "{line}");

@@ -434,7 +434,11 @@ async fn query_due(
     for order in &due {
         if let Err(error) = settle_one(state, pay, order, settings).await {
             tracing::warn!(order_id = %order.order.order_id, error = %format!("{error:#}"),
-                "payment job: order left for the next run");
+                "payment job: order left for a later run");
+            // Back off like an unpaid order, so failing orders cannot starve the others.
+            let after = Duration::from_secs(settings.query_after_secs);
+            let next = Utc::now() + next_query(after, order.query_attempts);
+            domain::payments::queried(&state.db, order.id(), next).await?;
         }
     }
     Ok(due.len())

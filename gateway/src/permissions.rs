@@ -274,11 +274,19 @@ pub fn client_ip(request: &Request, trusted: &[std::net::IpAddr]) -> Option<std:
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0.ip())?;
+    Some(client_ip_of(peer, request.headers(), trusted))
+}
+
+/// [`client_ip`] from the peer address and the request's headers.
+pub fn client_ip_of(
+    peer: std::net::IpAddr,
+    headers: &axum::http::HeaderMap,
+    trusted: &[std::net::IpAddr],
+) -> std::net::IpAddr {
     if !trusted.contains(&peer) {
-        return Some(peer);
+        return peer;
     }
-    let forwarded: Vec<std::net::IpAddr> = request
-        .headers()
+    let forwarded: Vec<std::net::IpAddr> = headers
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|value| value.to_str().ok())
@@ -286,14 +294,12 @@ pub fn client_ip(request: &Request, trusted: &[std::net::IpAddr]) -> Option<std:
         .filter_map(|part| part.trim().parse().ok())
         .collect();
     // Walk back from the nearest hop: the first address that is not a trusted proxy is the client.
-    Some(
-        forwarded
-            .iter()
-            .rev()
-            .find(|ip| !trusted.contains(ip))
-            .copied()
-            .unwrap_or(peer),
-    )
+    forwarded
+        .iter()
+        .rev()
+        .find(|ip| !trusted.contains(ip))
+        .copied()
+        .unwrap_or(peer)
 }
 
 impl Credentials {

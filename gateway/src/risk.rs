@@ -125,7 +125,9 @@ async fn rules(
             and ((b.kind = 'user' and b.value = $1) \
               or (b.kind = 'ip' and b.value = $2) \
               or (b.kind = 'openid' and b.value in \
-                    (select u.wechat_openid from users u where u.id = $1 and u.wechat_openid is not null))) \
+                    (select u.wechat_openid from users u where u.id = $1 and u.wechat_openid is not null \
+                     union select p.payer_openid from payment_orders p \
+                      where p.user_id = $1 and p.payer_openid is not null))) \
           limit 1",
     )
     .bind(recharge.user_id)

@@ -11,6 +11,8 @@ pub fn init(json: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(crate::masking::MaskedStdout)
+        // Colour codes would hide values from the masking patterns.
+        .with_ansi(false)
         .with_target(true);
     let result = if json {
         builder

@@ -215,7 +215,7 @@ impl PlatformVerifier {
             .as_deref()
             .ok_or(VerifyError::MissingHeader("Wechatpay-Serial"))?;
         let at: i64 = timestamp.parse().map_err(|_| VerifyError::StaleTimestamp)?;
-        if (now - at).abs() >= MAX_CLOCK_SKEW_SECS {
+        if at.abs_diff(now) >= MAX_CLOCK_SKEW_SECS.unsigned_abs() {
             return Err(VerifyError::StaleTimestamp);
         }
         if serial != self.key_id {

@@ -255,7 +255,10 @@ pub async fn account_trail(
         return Err(ApiError::not_found("account not found"));
     }
     let to = query.to.unwrap_or_else(Utc::now);
-    let from = query.from.unwrap_or(to - chrono::Duration::days(30));
+    let from = query.from.unwrap_or_else(|| {
+        to.checked_sub_signed(chrono::Duration::days(30))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC)
+    });
     if from >= to {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -99,7 +99,10 @@ pub async fn dashboard(
         return Err(ApiError::not_found("creator not found"));
     }
     let to = query.to.unwrap_or_else(Utc::now);
-    let from = query.from.unwrap_or(to - chrono::Duration::days(30));
+    let from = query.from.unwrap_or_else(|| {
+        to.checked_sub_signed(chrono::Duration::days(30))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC)
+    });
     if from >= to || (to - from).num_days() > 366 {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

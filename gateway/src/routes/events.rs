@@ -156,7 +156,10 @@ pub async fn stats(
         ));
     }
     let to = query.to.unwrap_or_else(Utc::now);
-    let from = query.from.unwrap_or(to - chrono::Duration::days(7));
+    let from = query.from.unwrap_or_else(|| {
+        to.checked_sub_signed(chrono::Duration::days(7))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC)
+    });
     if from >= to || (to - from).num_days() > 400 {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

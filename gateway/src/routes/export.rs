@@ -24,6 +24,8 @@ use sqlx::Row;
 const CHUNK: usize = 64 * 1024;
 /// Chunks waiting for the client at most (the memory an export may hold).
 const QUEUE: usize = 4;
+/// Exports a node streams at once (each holds a database connection and a snapshot).
+static RUNNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
 /// The file's format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
@@ -79,6 +81,13 @@ pub async fn export(
         ));
     }
     let format = query.format.unwrap_or_default();
+    let permit = RUNNING.try_acquire().map_err(|_| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::TooManyRequests,
+            "too many exports are running on this node; retry shortly",
+        )
+    })?;
     let mut tx = state.db.begin().await.map_err(database_error)?;
     // The snapshot is taken by the first statement: before the answer starts.
     sqlx::query("set transaction isolation level repeatable read read only")
@@ -94,6 +103,7 @@ pub async fn export(
     let (from, to) = (query.from, query.to);
     let writer_state = state.clone();
     tokio::spawn(async move {
+        let _permit = permit;
         let mut rows: u64 = 0;
         let mut buffer = String::with_capacity(CHUNK * 2);
         let mut completed = true;

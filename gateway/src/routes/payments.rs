@@ -483,13 +483,16 @@ pub async fn notify(State(state): State<AppState>, headers: HeaderMap, body: Byt
     let notification = match read {
         Ok(notification) => notification,
         Err(NotifyError::Forged(error)) => {
-            let detail = serde_json::json!({ "error": error.to_string() });
+            // The error may quote an attacker's header: bounded.
+            let reason: String = error.to_string().chars().take(120).collect();
+            let detail = serde_json::json!({ "error": reason });
             audit_notification(&state, request_id, "bad_signature", None, detail).await;
             return fail(StatusCode::UNAUTHORIZED, "signature verification failed");
         }
         Err(error) => {
-            tracing::warn!(%error, "payment notification does not decrypt");
-            let detail = serde_json::json!({ "error": error.to_string() });
+            let reason: String = error.to_string().chars().take(120).collect();
+            tracing::warn!(error = %reason, "payment notification does not decrypt");
+            let detail = serde_json::json!({ "error": reason });
             audit_notification(&state, request_id, "malformed", None, detail).await;
             return fail(StatusCode::BAD_REQUEST, "the resource does not decrypt");
         }
@@ -573,7 +576,9 @@ pub async fn reconciliations(
     Query(query): Query<ReconciliationsQuery>,
 ) -> ApiResult<Json<Vec<shared::payments::Reconciliation>>> {
     let to = query.to.unwrap_or_else(crate::reconcile::beijing_today);
-    let from = query.from.unwrap_or(to - chrono::Duration::days(30));
+    let from = query
+        .from
+        .unwrap_or_else(|| to.checked_sub_days(chrono::Days::new(30)).unwrap_or(to));
     if from > to || (to - from).num_days() > 366 {
         return Err(invalid_query(
             "from must not be after to, at most 366 days apart",

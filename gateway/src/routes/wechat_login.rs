@@ -29,6 +29,8 @@ const COOKIE: &str = "hub_wechat_login";
 const STATE_TTL: Duration = Duration::from_secs(600);
 /// Where browsers land when they asked for nowhere in particular.
 const DEFAULT_REDIRECT: &str = "/";
+/// QR logins one client address may start per minute.
+const QR_PER_MINUTE: i64 = 30;
 /// Lifetime of the token a WeChat login issues.
 const TOKEN_TTL_SECS: u64 = 86_400;
 
@@ -130,20 +132,34 @@ async fn store_attempt(state: &AppState, login_state: &str, attempt: &Attempt) -
     Ok(())
 }
 
-/// Takes an attempt out (single use: GETDEL, or DELETE … RETURNING), if it exists and is live.
-async fn take_attempt(state: &AppState, login_state: &str) -> ApiResult<Option<Attempt>> {
+/// Takes an attempt out (single use), only for the browser it is bound to (`binding`: the
+/// hashed cookie): a caller who merely saw the state cannot burn another browser's attempt.
+async fn take_attempt(
+    state: &AppState,
+    login_state: &str,
+    binding: &str,
+) -> ApiResult<Option<Attempt>> {
     if let Some(mut connection) = redis_connection(state).await? {
-        let value: Option<String> = connection
-            .get_del(state_key(state, login_state))
+        let script = redis::Script::new(
+            "local v = redis.call('GET', KEYS[1]) \
+             if not v then return false end \
+             if cjson.decode(v).binding ~= ARGV[1] then return false end \
+             redis.call('DEL', KEYS[1]) return v",
+        );
+        let value: Option<String> = script
+            .key(state_key(state, login_state))
+            .arg(binding)
+            .invoke_async(&mut connection)
             .await
             .map_err(|error| ApiError::unavailable("Redis is unavailable", error))?;
         return Ok(value.and_then(|value| serde_json::from_str(&value).ok()));
     }
     let row: Option<(String, String)> = sqlx::query_as(
-        "delete from wechat_login_states where state = $1 and expires_at > now() \
+        "delete from wechat_login_states where state = $1 and binding = $2 and expires_at > now() \
          returning binding, redirect",
     )
     .bind(login_state)
+    .bind(binding)
     .fetch_optional(&state.db)
     .await
     .map_err(crate::error::database_error)?;
@@ -165,13 +181,42 @@ pub struct QrQuery {
     responses(
         (status = 200, body = WechatQr),
         (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 429, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json")))]
 pub async fn qr(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Query(query): Query<QrQuery>,
 ) -> ApiResult<Response> {
     let login = login(&state)?;
     let redirect = safe_redirect(query.redirect.as_deref())?;
+    // Each attempt is stored for ten minutes: one address may start a bounded number a minute.
+    let ip =
+        crate::permissions::client_ip_of(peer.ip(), &headers, &state.settings.http.trusted_proxies);
+    if let Some(mut connection) = redis_connection(&state).await? {
+        let key = format!(
+            "{}:wechat_login:rate:{ip}:{}",
+            state.settings.redis_key_prefix,
+            Utc::now().timestamp() / 60
+        );
+        let started: i64 = redis::pipe()
+            .atomic()
+            .incr(&key, 1)
+            .expire(&key, 120)
+            .ignore()
+            .query_async::<(i64,)>(&mut connection)
+            .await
+            .map(|(count,)| count)
+            .map_err(|error| ApiError::unavailable("Redis is unavailable", error))?;
+        if started > QR_PER_MINUTE {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::TooManyRequests,
+                "too many WeChat logins started from this address; retry in a minute",
+            ));
+        }
+    }
     let (login_state, binding) = (random_token(), random_token());
     let attempt = Attempt {
         binding: hash(&binding),
@@ -329,14 +374,14 @@ async fn complete_login(
         .as_deref()
         .filter(|value| (16..=64).contains(&value.len()))
         .ok_or_else(state_invalid)?;
-    // Taken first, whatever follows: a state is good for one callback only.
-    let attempt = take_attempt(state, login_state)
+    // Taken first, whatever follows (a state is good for one callback only), and only by the
+    // browser holding its cookie.
+    let binding = cookie_value(headers)
+        .map(|cookie| hash(&cookie))
+        .ok_or_else(state_invalid)?;
+    let attempt = take_attempt(state, login_state, &binding)
         .await?
         .ok_or_else(state_invalid)?;
-    let bound = cookie_value(headers).is_some_and(|binding| hash(&binding) == attempt.binding);
-    if !bound {
-        return Err(state_invalid());
-    }
     *redirect = attempt.redirect;
     let Some(code) = query.code.as_deref().filter(|code| !code.is_empty()) else {
         return Err(ApiError::new(

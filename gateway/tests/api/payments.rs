@@ -848,12 +848,21 @@ async fn a_wechat_qr_login_issues_the_hubs_token_once_and_refuses_every_bad_path
         2
     );
 
-    // Another browser's state (a cookie that is not this attempt's).
-    let (_, url, _) = start_login(&app, "/").await;
+    // Another browser's state (a cookie that is not this attempt's) is refused and does not
+    // burn the attempt of the browser it belongs to.
+    let (_, url, own_cookie) = start_login(&app, "/").await;
     let (_, _, other_cookie) = start_login(&app, "/").await;
     let location = approve(&sandbox, &url, "oOpenId0002", "oUnion0002").await;
     let foreign = follow(&app, &location, &other_cookie, true).await;
     assert_problem(foreign, StatusCode::BAD_REQUEST, "login_state_invalid").await;
+    let without = follow(&app, &location, "", true).await;
+    assert_problem(without, StatusCode::BAD_REQUEST, "login_state_invalid").await;
+    let own = follow(&app, &location, &own_cookie, true).await;
+    assert_eq!(
+        own.status(),
+        StatusCode::OK,
+        "the right browser still logs in"
+    );
 
     // Declined: no code.
     let (state, url, cookie) = start_login(&app, "/").await;
@@ -909,7 +918,8 @@ async fn a_wechat_qr_login_issues_the_hubs_token_once_and_refuses_every_bad_path
             "select count(*) from users where wechat_openid = 'oOpenId0002'"
         )
         .await,
-        0
+        1,
+        "only the right browser's login created the user"
     );
 }
 
