@@ -90,6 +90,29 @@ pub async fn recharge(
             caller.principal.account_id.clone().ok_or_else(|| {
                 ApiError::validation("this caller has no credit account to recharge")
             })?;
+        // One recharge of a user at a time from the rules to the stored order, so parallel
+        // requests cannot pass a cap together. Never waited for (a waiting request would hold a
+        // pooled connection): the others are told to retry (429). The lock ends with this
+        // transaction.
+        let mut user_lock = state
+            .db
+            .begin()
+            .await
+            .map_err(crate::error::database_error)?;
+        let locked: bool = sqlx::query_scalar(
+            "select pg_try_advisory_xact_lock(hashtextextended('recharge:' || $1, 0))",
+        )
+        .bind(&caller.principal.user_id)
+        .fetch_one(&mut *user_lock)
+        .await
+        .map_err(crate::error::database_error)?;
+        if !locked {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::TooManyRequests,
+                "another recharge of yours is being placed; retry shortly",
+            ));
+        }
         let verdict = crate::risk::judge(
             &state,
             &crate::risk::Recharge {
@@ -99,11 +122,11 @@ pub async fn recharge(
             },
         )
         .await?;
-        Ok((request, account_id, verdict))
+        Ok((request, account_id, verdict, user_lock))
     }
     .await;
-    let (request, account_id) = match prepared {
-        Ok((_, _, crate::risk::Verdict::Reuse(order))) => {
+    let (request, account_id, mut user_lock) = match prepared {
+        Ok((_, _, crate::risk::Verdict::Reuse(order), _)) => {
             // The same amount while one is pending: that order again (200), not a new one.
             let (response, _) = guard
                 .run_tx(
@@ -113,7 +136,9 @@ pub async fn recharge(
                 .await;
             return response;
         }
-        Ok((request, account_id, crate::risk::Verdict::Allow)) => (request, account_id),
+        Ok((request, account_id, crate::risk::Verdict::Allow, user_lock)) => {
+            (request, account_id, user_lock)
+        }
         Err(error) => {
             let target = ("payment_order", None);
             crate::refusals::record_for(&state, &caller, "payments.recharge", target, &error).await;
@@ -135,8 +160,9 @@ pub async fn recharge(
     };
     // Stored before WeChat is asked: a crash in between leaves an order the expiry job closes.
     let inserted = async {
-        let mut connection = state.db.acquire().await?;
-        domain::payments::insert(&mut connection, &new).await
+        let order = domain::payments::insert(&mut user_lock, &new).await?;
+        user_lock.commit().await?;
+        Ok::<_, domain::DomainError>(order)
     }
     .await;
     let order = match inserted {

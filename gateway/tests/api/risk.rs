@@ -399,3 +399,33 @@ async fn a_payer_paying_for_many_accounts_flags_their_orders_for_review(db: PgPo
         4
     );
 }
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn parallel_recharges_of_one_user_cannot_pass_a_cap_together(db: PgPool) {
+    let sandbox = Sandbox::start().await;
+    let app = node(
+        &db,
+        &sandbox,
+        RiskSettings {
+            daily_cap_fen: 5_000,
+            user_per_minute: 1_000,
+            user_per_hour: 1_000,
+            ip_per_minute: 1_000,
+            max_pending: 100,
+            ..RiskSettings::default()
+        },
+    )
+    .await;
+    let token = app.token("eager", &[Role::User]);
+    let attempts = (0..8).map(|i| {
+        let (app, token) = (&app, &token);
+        async move { attempt(app, token, 3_000 + i).await.status() }
+    });
+    let statuses = futures_util::future::join_all(attempts).await;
+    let created = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CREATED)
+        .count();
+    assert_eq!(created, 1, "{statuses:?}");
+    assert_eq!(count(&db, "select count(*) from payment_orders").await, 1);
+}
