@@ -193,12 +193,7 @@ impl JobLock {
             .execute(&state.db)
             .await?;
         let lost = CancellationToken::new();
-        if let Some(client) = &state.redis {
-            let mut connection = tokio::time::timeout(
-                Duration::from_secs(2),
-                client.get_multiplexed_async_connection(),
-            )
-            .await??;
+        if let Some(mut connection) = state.redis_connection().await? {
             let key = format!("{}:job:{name}", state.settings.redis_key_prefix);
             let token = format!("{}:{}", state.settings.node_id, uuid::Uuid::new_v4());
             let options = redis::SetOptions::default()

@@ -256,15 +256,12 @@ async fn velocity(
             "ip_rate",
         ));
     }
-    let full = match &state.redis {
-        Some(client) => {
-            let mut connection = tokio::time::timeout(
-                std::time::Duration::from_secs(2),
-                client.get_multiplexed_async_connection(),
-            )
-            .await
-            .map_err(|_| ApiError::unavailable("Redis is unavailable", anyhow::anyhow!("timeout")))?
-            .map_err(|error| ApiError::unavailable("Redis is unavailable", error))?;
+    let connection = state
+        .redis_connection()
+        .await
+        .map_err(|error| ApiError::unavailable("Redis is unavailable", error))?;
+    let full = match connection {
+        Some(mut connection) => {
             let script = redis::Script::new(VELOCITY);
             let mut invocation = script.prepare_invoke();
             for (key, limit, ttl, _) in &windows {

@@ -136,6 +136,22 @@ impl AppState {
         })
     }
 
+    /// A connection to Redis within two seconds; `None` when no Redis is configured.
+    pub async fn redis_connection(
+        &self,
+    ) -> Result<Option<redis::aio::MultiplexedConnection>, redis::RedisError> {
+        let Some(client) = &self.redis else {
+            return Ok(None);
+        };
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        .map_err(|_| redis::RedisError::from((redis::ErrorKind::IoError, "connect timed out")))?
+        .map(Some)
+    }
+
     /// Whether shutdown has started.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)

@@ -92,17 +92,10 @@ fn state_key(state: &AppState, login_state: &str) -> String {
 async fn redis_connection(
     state: &AppState,
 ) -> ApiResult<Option<redis::aio::MultiplexedConnection>> {
-    let Some(client) = &state.redis else {
-        return Ok(None);
-    };
-    let connection = tokio::time::timeout(
-        Duration::from_secs(2),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    .map_err(|_| ApiError::unavailable("Redis is unavailable", anyhow::anyhow!("timed out")))?
-    .map_err(|error| ApiError::unavailable("Redis is unavailable", error))?;
-    Ok(Some(connection))
+    state
+        .redis_connection()
+        .await
+        .map_err(|error| ApiError::unavailable("Redis is unavailable", error))
 }
 
 async fn store_attempt(state: &AppState, login_state: &str, attempt: &Attempt) -> ApiResult<()> {
