@@ -2,6 +2,8 @@
 //! wires the domain and the hub into a running node.
 
 pub mod auth;
+pub mod console;
+pub mod demo_worker;
 pub mod error;
 pub mod events;
 pub mod http_metrics;

@@ -54,6 +54,20 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         retry_scale: f64,
     },
+    /// Play the backend service for a demo node: run every queued task through the public API
+    /// (running, progress in steps, succeeded), so tasks created in the console progress live.
+    /// Started by `scripts/run`; not for production.
+    DemoWorker {
+        /// The hub's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080", value_name = "URL")]
+        api: String,
+        /// A service token (`gateway token --sub renderer --role service`).
+        #[arg(long, env = "DEMO_WORKER_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Milliseconds between two progress events of a task.
+        #[arg(long, default_value_t = 800)]
+        step_ms: u64,
+    },
     /// Reconcile one Beijing day against WeChat Pay's trade bill (T+1), as the daily job does.
     ///
     /// Exits 0 when the run completed (flagged items are reported, not errors), 0 with a line
@@ -124,6 +138,14 @@ async fn main() -> anyhow::Result<()> {
                 .with_graceful_shutdown(gateway::shutdown::shutdown_signal())
                 .await
                 .context("serving the sandbox")
+        }
+        Command::DemoWorker {
+            api,
+            token,
+            step_ms,
+        } => {
+            gateway::telemetry::init(false);
+            gateway::demo_worker::run(api, token, std::time::Duration::from_millis(step_ms)).await
         }
         Command::ImportPhase1 { path, dry_run } => import_phase1(&settings, &path, dry_run).await,
         Command::Reconcile { date } => {

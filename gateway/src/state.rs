@@ -55,6 +55,9 @@ pub struct AppState {
     /// empty (a service), an account that user owns; pairs are only inserted after their
     /// provisioning transaction committed.
     provisioned: Arc<DashSet<(String, String)>>,
+    /// Account id → owner (an account's owner never changes), for publishing balances on the
+    /// owner's channel; bounded like `provisioned`.
+    account_owners: Arc<dashmap::DashMap<String, String>>,
 }
 
 impl AppState {
@@ -133,6 +136,7 @@ impl AppState {
             events,
             draining: Arc::new(AtomicBool::new(false)),
             provisioned: Arc::new(DashSet::new()),
+            account_owners: Arc::default(),
         })
     }
 
@@ -184,5 +188,24 @@ impl AppState {
         }
         self.provisioned.insert(cache_key);
         Ok(())
+    }
+
+    /// The user who owns `account_id` (`None`: no such account, or the database is away).
+    pub async fn account_owner(&self, account_id: &str) -> Option<String> {
+        if let Some(owner) = self.account_owners.get(account_id) {
+            return Some(owner.clone());
+        }
+        let owner: String =
+            sqlx::query_scalar("select owner_id from credit_accounts where id = $1")
+                .bind(account_id)
+                .fetch_optional(&self.db)
+                .await
+                .ok()??;
+        if self.account_owners.len() >= PROVISIONED_CACHE_LIMIT {
+            self.account_owners.clear();
+        }
+        self.account_owners
+            .insert(account_id.to_owned(), owner.clone());
+        Some(owner)
     }
 }

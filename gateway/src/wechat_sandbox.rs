@@ -832,6 +832,41 @@ async fn deliveries(State(sandbox): State<Sandbox>) -> Response {
     axum::Json(lock(&sandbox.deliveries).clone()).into_response()
 }
 
+/// The sandbox's front page: the orders waiting for payment, each with a link to its checkout
+/// (what a person does instead of scanning the QR code with WeChat).
+async fn index(State(sandbox): State<Sandbox>) -> Response {
+    let orders = lock(&sandbox.orders);
+    let mut waiting: Vec<(&String, &Order)> = orders
+        .iter()
+        .filter(|(_, order)| order.state == "NOTPAY")
+        .collect();
+    waiting.sort_by(|a, b| a.0.cmp(b.0));
+    let rows: String = waiting
+        .iter()
+        .map(|(number, order)| {
+            let number = html_escape(number);
+            format!(
+                "<li><a href=\"/sandbox/checkout/{number}\">{number}</a>: ¥{}.{:02} — {}</li>",
+                order.amount / 100,
+                order.amount % 100,
+                html_escape(&order.description)
+            )
+        })
+        .collect();
+    let list = if rows.is_empty() {
+        "<p>No order is waiting for payment. Recharge in the console first.</p>".to_owned()
+    } else {
+        format!("<ul>{rows}</ul>")
+    };
+    Html(format!(
+        "<!doctype html><meta charset=utf-8><title>WeChat sandbox</title>\
+         <body style=\"font-family:sans-serif;max-width:40em;margin:3em auto\">\
+         <h1>WeChat sandbox</h1><p>Orders waiting for payment (newest numbers last); open one to \
+         pay it, as scanning its QR code with WeChat would.</p>{list}"
+    ))
+    .into_response()
+}
+
 /// A page to pay an order by hand (what scanning the QR code does in WeChat).
 async fn checkout(State(sandbox): State<Sandbox>, Path(out_trade_no): Path<String>) -> Response {
     let Some(order) = lock(&sandbox.orders).get(&out_trade_no).cloned() else {
@@ -1324,6 +1359,7 @@ pub fn router(config: SandboxConfig) -> Router {
         .route("/sandbox/login/approve", get(approve))
         .route("/sandbox/login/decline", get(decline))
         .route("/sandbox/pay/{out_trade_no}", post(pay))
+        .route("/sandbox/", get(index))
         .route("/sandbox/checkout/{out_trade_no}", get(checkout))
         .route(
             "/sandbox/orders/{out_trade_no}/notify",

@@ -65,7 +65,7 @@ run_schemathesis_gate() {
       --header "Authorization: Bearer $token" --header "Accept: application/json" \
       --checks all --seed "$SCHEMATHESIS_SEED" --max-examples "$SCHEMATHESIS_EXAMPLES" \
       --generation-database none \
-      --exclude-path-regex '^/(connection|demo)' \
+      --exclude-path-regex '^/(connection|demo|console)' \
       --no-color --report junit --report-dir "$DATA_DIR/schemathesis-$role" || status=$?
   done
   kill "$node" "$sandbox" 2>/dev/null || true

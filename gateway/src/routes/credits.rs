@@ -64,16 +64,49 @@ where
         |applied: &Applied| serde_json::to_vec(&applied.entry).unwrap_or_default(),
     );
     let (response, applied) = guard.apply_ledger(request, render).await;
-    if let Some(applied) = applied
-        && action == "credits.charge"
-    {
-        state.events.server(
-            "credits.charged",
-            Some(&caller.principal.user_id),
-            serde_json::json!({ "amount": -applied.entry.amount, "task_id": applied.entry.task_id }),
-        );
+    if let Some(applied) = applied {
+        if action == "credits.charge" {
+            state.events.server(
+                "credits.charged",
+                Some(&caller.principal.user_id),
+                serde_json::json!({ "amount": -applied.entry.amount, "task_id": applied.entry.task_id }),
+            );
+        }
+        publish_balance(state, caller, &applied).await;
     }
     response
+}
+
+/// `balance.changed` on the account owner's channel after a charge, refund or adjustment (the
+/// caller's own account needs no lookup). `entry_id` orders the balances of one account.
+async fn publish_balance(state: &AppState, caller: &Caller, applied: &Applied) {
+    let account_id = &applied.entry.account_id;
+    let owner = if caller.principal.account_id.as_deref() == Some(account_id.as_str()) {
+        Some(caller.principal.user_id.clone())
+    } else {
+        state.account_owner(account_id).await
+    };
+    let Some(owner) = owner else {
+        return;
+    };
+    let balance = &applied.balance;
+    state
+        .realtime
+        .broker
+        .publish_or_keep(
+            &format!("user:{owner}"),
+            serde_json::json!({
+                "type": "balance.changed",
+                "ts": Utc::now().timestamp_millis(),
+                "account_id": account_id,
+                "available": balance.available,
+                "held": balance.held,
+                "total": balance.total,
+                "debt": balance.debt,
+                "entry_id": applied.entry.entry_id,
+            }),
+        )
+        .await;
 }
 
 fn check_amount(amount: i64, allow_negative: bool) -> Result<(), ApiError> {

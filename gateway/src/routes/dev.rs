@@ -1,12 +1,10 @@
-//! Dev mode only: `POST /api/v1/dev/login` mints a token for anyone; `/demo` is a page showing a
-//! task's progress live through the `centrifuge` SDK.
+//! Dev mode only: `POST /api/v1/dev/login` mints a token for anyone (the console's "dev login").
 
 use crate::auth::{TokenRequest, valid_id};
 use crate::error::{ApiError, ApiResult, Json};
 use crate::state::AppState;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, StatusCode};
 use domain::audit::{Actor, AuditEntry, Outcome};
 use serde::{Deserialize, Serialize};
 use shared::{Problem, Role};
@@ -112,72 +110,5 @@ pub async fn login(
             token_type: "Bearer",
             expires_at: claims.exp,
         }),
-    ))
-}
-
-/// The demo page (`gateway/static/demo.html`).
-const DEMO_PAGE: &str = include_str!("../../static/demo.html");
-/// The browser build of the official `centrifuge` SDK, v5.8.0 (MIT; `gateway/static/`).
-const CENTRIFUGE_JS: &str = include_str!("../../static/centrifuge.js");
-
-/// Dev mode only: a page that creates a task and shows its progress live through the
-/// `centrifuge` SDK as a service posts its events (`?token=&service=` prefill the tokens).
-#[utoipa::path(get, path = "/demo", tag = "operations",
-    responses((status = 200, description = "The demo page", content_type = "text/html")))]
-pub async fn demo_page() -> impl IntoResponse {
-    (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        DEMO_PAGE,
-    )
-}
-
-/// Dev mode only: the `centrifuge` SDK the demo page loads.
-#[utoipa::path(get, path = "/demo/centrifuge.js", tag = "operations",
-    responses((status = 200, description = "The centrifuge SDK", content_type = "text/javascript")))]
-pub async fn demo_sdk() -> impl IntoResponse {
-    (
-        [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
-            (header::CACHE_CONTROL, "public, max-age=3600"),
-        ],
-        CENTRIFUGE_JS,
-    )
-}
-
-/// `?data=`: what the QR code encodes.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct QrData {
-    /// The text to encode (a `weixin://` payment URL), at most 512 bytes.
-    #[param(max_length = 512)]
-    pub data: String,
-}
-
-/// Dev mode only: a QR code (SVG) of `data`, for the demo page's recharge (`code_url`).
-#[utoipa::path(get, path = "/demo/qr.svg", tag = "operations", params(QrData),
-    responses(
-        (status = 200, description = "The QR code", content_type = "image/svg+xml"),
-        (status = 422, body = Problem, content_type = "application/problem+json")))]
-pub async fn demo_qr(
-    crate::error::Query(query): crate::error::Query<QrData>,
-) -> ApiResult<impl IntoResponse> {
-    if query.data.is_empty() || query.data.len() > 512 {
-        return Err(ApiError::validation("data must be 1 to 512 bytes"));
-    }
-    let code = qrcode::QrCode::new(query.data.as_bytes())
-        .map_err(|error| ApiError::validation(format!("cannot encode: {error}")))?;
-    let svg = code
-        .render::<qrcode::render::svg::Color>()
-        .min_dimensions(200, 200)
-        .build();
-    Ok((
-        [
-            (header::CONTENT_TYPE, "image/svg+xml"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        svg,
     ))
 }

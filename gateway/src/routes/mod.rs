@@ -110,13 +110,13 @@ pub fn all(dev_mode: bool) -> OpenApiRouter<AppState> {
         .routes(routes!(risk::remove))
         .routes(routes!(crate::realtime::publish::publish))
         .routes(routes!(crate::realtime::websocket::websocket))
-        .routes(routes!(crate::realtime::sse::sse));
+        .routes(routes!(crate::realtime::sse::sse))
+        .routes(routes!(crate::console::root))
+        .routes(routes!(crate::console::index))
+        .routes(routes!(crate::console::asset))
+        .routes(routes!(crate::console::demo));
     if dev_mode {
-        router = router
-            .routes(routes!(dev::login))
-            .routes(routes!(dev::demo_page))
-            .routes(routes!(dev::demo_sdk))
-            .routes(routes!(dev::demo_qr));
+        router = router.routes(routes!(dev::login));
     }
     router
 }

@@ -795,7 +795,7 @@ async fn a_wechat_qr_login_issues_the_hubs_token_once_and_refuses_every_bad_path
     let app = spawn_app_at(db.clone(), with_wechat(&sandbox)).await;
 
     // A browser: 302 to the redirect with the token in the fragment.
-    let (_, url, cookie) = start_login(&app, "/demo").await;
+    let (_, url, cookie) = start_login(&app, "/console/").await;
     let location = approve(&sandbox, &url, "oOpenId0001", "oUnion0001").await;
     let response = follow(&app, &location, &cookie, false).await;
     assert_eq!(response.status(), StatusCode::FOUND);
@@ -803,9 +803,9 @@ async fn a_wechat_qr_login_issues_the_hubs_token_once_and_refuses_every_bad_path
         .to_str()
         .expect("location")
         .to_owned();
-    assert!(target.starts_with("/demo#token="), "{target}");
+    assert!(target.starts_with("/console/#token="), "{target}");
     let token = target
-        .trim_start_matches("/demo#token=")
+        .trim_start_matches("/console/#token=")
         .split('&')
         .next()
         .expect("token")
@@ -893,7 +893,7 @@ async fn a_wechat_qr_login_issues_the_hubs_token_once_and_refuses_every_bad_path
     let problem = assert_problem(bogus, StatusCode::BAD_GATEWAY, "wechat_error").await;
     assert_eq!(problem["errcode"], 40029);
     // A browser gets the error in the fragment.
-    let (state, _, cookie) = start_login(&app, "/demo").await;
+    let (state, _, cookie) = start_login(&app, "/console/").await;
     let browser = follow(
         &app,
         &format!("{redirect_uri}?code=bogus&state={state}"),
@@ -902,7 +902,10 @@ async fn a_wechat_qr_login_issues_the_hubs_token_once_and_refuses_every_bad_path
     )
     .await;
     assert_eq!(browser.status(), StatusCode::FOUND);
-    assert_eq!(browser.headers()["location"], "/demo#error=wechat_error");
+    assert_eq!(
+        browser.headers()["location"],
+        "/console/#error=wechat_error"
+    );
 
     // No open redirect.
     let open = app
