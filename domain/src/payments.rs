@@ -301,39 +301,60 @@ pub async fn queried(pool: &PgPool, id: Uuid, next: DateTime<Utc>) -> DomainResu
     Ok(())
 }
 
-/// Locks the order a payment credits and checks it may be credited with `credits` on
-/// `account_id`; called by the ledger inside its transaction, after the account row is locked.
+/// What the ledger checks of a payment order before crediting it, read from its locked row.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct CreditableOrder {
+    /// The account the order credits.
+    pub account_id: String,
+    /// The stored status (`pending`, `paid`, `refunded`, ...).
+    pub status: String,
+    /// The credits the order buys.
+    pub credits: i64,
+}
+
+impl CreditableOrder {
+    /// Whether this order may be credited with `credits` on `account_id`: once only, and only as
+    /// it was ordered.
+    pub fn admit_credit(&self, account_id: &str, credits: i64) -> Result<(), DomainError> {
+        if self.status == "paid" || self.status == "refunded" {
+            return Err(DomainError::AlreadyApplied(
+                "the order is already credited".into(),
+            ));
+        }
+        if self.account_id != account_id || self.credits != credits {
+            return Err(DomainError::Validation(
+                "the recharge does not match its order".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A locked order row, keyed by its id.
+#[derive(Debug, sqlx::FromRow)]
+struct LockedOrder {
+    id: Uuid,
+    #[sqlx(flatten)]
+    order: CreditableOrder,
+}
+
+/// Locks the orders `ids` (in id order) and returns those that exist; called by the ledger
+/// inside its transaction, after the account row is locked, before it checks the recharges.
 pub(crate) async fn lock_for_credit(
     conn: &mut PgConnection,
-    credit: &PaymentCredit,
-    account_id: &str,
-    credits: i64,
-) -> Result<Result<(), DomainError>, sqlx::Error> {
-    let row = sqlx::query(
-        "select account_id, status, credits from payment_orders where id = $1 for update",
+    ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, CreditableOrder>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let rows: Vec<LockedOrder> = sqlx::query_as(
+        "select id, account_id, status, credits from payment_orders \
+          where id = any($1) order by id for update",
     )
-    .bind(credit.order_id)
-    .fetch_optional(&mut *conn)
+    .bind(ids)
+    .fetch_all(&mut *conn)
     .await?;
-    let Some(row) = row else {
-        return Ok(Err(DomainError::NotFound {
-            what: "payment order",
-        }));
-    };
-    let status: String = row.try_get("status")?;
-    if status == "paid" || status == "refunded" {
-        return Ok(Err(DomainError::AlreadyApplied(
-            "the order is already credited".into(),
-        )));
-    }
-    if row.try_get::<String, _>("account_id")? != account_id
-        || row.try_get::<i64, _>("credits")? != credits
-    {
-        return Ok(Err(DomainError::Validation(
-            "the recharge does not match its order".into(),
-        )));
-    }
-    Ok(Ok(()))
+    Ok(rows.into_iter().map(|row| (row.id, row.order)).collect())
 }
 
 /// Marks the order paid with the ledger row that credited it; in the ledger's transaction, after

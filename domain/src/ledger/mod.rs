@@ -1,14 +1,16 @@
 //! The credits ledger: operations on an account (charge, refund, adjustment, recharge, hold,
-//! capture, release), applied in batches by the account's actor ([`actor::Ledger`]) with the
-//! SQL in [`store`].
+//! capture, release), applied in batches by the account's actor ([`actor::Ledger`]): the rules
+//! in [`plan`] (pure), the batch's SQL in [`store`], the reads in [`queries`].
 
 pub mod actor;
+pub mod plan;
+pub mod queries;
 pub mod store;
 
 use crate::DomainError;
 use crate::audit::Actor;
 use crate::idempotency::{Claimed, StoredResponse};
-use crate::tasks::{TaskChange, TaskWrite};
+use crate::tasks::types::{TaskChange, TaskWrite};
 use shared::credits::LedgerEntry;
 use shared::session::Balance;
 use std::fmt;

@@ -221,7 +221,7 @@ pub async fn refund(State(state): State<AppState>, caller: Caller, keyed: Keyed)
         let request: RefundRequest = parse_json(&body)?;
         check_amount(request.amount, false)?;
         let reason = check_reason(&request.reason)?;
-        let account_id = domain::ledger::store::entry_account(&state.db, request.charge_entry_id)
+        let account_id = domain::ledger::queries::entry_account(&state.db, request.charge_entry_id)
             .await
             .map_err(crate::error::database_error)?
             .ok_or_else(|| ApiError::not_found("charge entry not found"))?;
@@ -332,15 +332,19 @@ pub async fn ledger(
         cursor: query.cursor,
     };
     let limit = page.limit()?;
-    let filter = domain::ledger::store::LedgerFilter {
+    let filter = domain::ledger::queries::LedgerFilter {
         from: query.from,
         to: query.to,
         before_id: page.before_id()?,
     };
-    let mut items =
-        domain::ledger::store::list_entries(&state.db, &account_id, &filter, i64::from(limit) + 1)
-            .await
-            .map_err(crate::error::database_error)?;
+    let mut items = domain::ledger::queries::list_entries(
+        &state.db,
+        &account_id,
+        &filter,
+        i64::from(limit) + 1,
+    )
+    .await
+    .map_err(crate::error::database_error)?;
     let next_cursor = if items.len() > limit as usize {
         items.truncate(limit as usize);
         items.last().map(|last| cursor_after(last.entry_id))
