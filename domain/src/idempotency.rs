@@ -63,7 +63,7 @@ pub enum Claim {
 }
 
 /// How long keys live and how long an in-flight claim is honoured.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyPolicy {
     /// Time a key (and its stored response) is kept.
     pub ttl: Duration,
@@ -377,5 +377,160 @@ mod tests {
         for key in ["", "has space", "tab\t", "ключ", &"k".repeat(256)] {
             assert!(!valid_key(key), "{key}");
         }
+    }
+}
+
+/// Claims of concurrent requests made together: one statement claims every key that is waiting
+/// (a hot account's 128 concurrent charges cost one round trip, not 128). The keys it could not
+/// take (held, completed, reused, repeated within the batch) go through [`claim`] one by one, which
+/// reads their state. Same semantics as [`claim`], including the asynchronous commit.
+#[derive(Debug, Clone)]
+pub struct Claimer {
+    queue: tokio::sync::mpsc::UnboundedSender<ClaimJob>,
+    pool: PgPool,
+}
+
+#[derive(Debug)]
+struct ClaimJob {
+    key: KeyRef,
+    fingerprint: [u8; 32],
+    policy: KeyPolicy,
+    reply: tokio::sync::oneshot::Sender<DomainResult<Claim>>,
+}
+
+impl Claimer {
+    /// Starts `workers` claiming tasks taking up to `max_batch` keys per statement.
+    pub fn start(pool: PgPool, workers: usize, max_batch: usize) -> Self {
+        let (queue, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let receiver = std::sync::Arc::new(tokio::sync::Mutex::new(receiver));
+        for _ in 0..workers.max(1) {
+            tokio::spawn(run_claims(pool.clone(), receiver.clone(), max_batch.max(1)));
+        }
+        Self { queue, pool }
+    }
+
+    /// Claims `key` (see [`claim`]).
+    pub async fn claim(
+        &self,
+        key: &KeyRef,
+        fingerprint: &[u8; 32],
+        policy: KeyPolicy,
+    ) -> DomainResult<Claim> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = ClaimJob {
+            key: key.clone(),
+            fingerprint: *fingerprint,
+            policy,
+            reply,
+        };
+        if self.queue.send(job).is_err() {
+            return claim(&self.pool, key, fingerprint, policy).await;
+        }
+        match answer.await {
+            Ok(result) => result,
+            // The batch's task is gone (a panic): nothing known was claimed for us; claim alone.
+            Err(_) => claim(&self.pool, key, fingerprint, policy).await,
+        }
+    }
+}
+
+async fn run_claims(
+    pool: PgPool,
+    receiver: std::sync::Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<ClaimJob>>>,
+    max_batch: usize,
+) {
+    loop {
+        let jobs = {
+            let mut receiver = receiver.lock().await;
+            let Some(first) = receiver.recv().await else {
+                return;
+            };
+            let mut jobs = vec![first];
+            while jobs.len() < max_batch {
+                match receiver.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            jobs
+        };
+        metrics::histogram!("idempotency_claim_batch_size").record(jobs.len() as f64);
+        if let Err(error) = tokio::spawn(claim_batch(pool.clone(), jobs)).await {
+            tracing::error!(%error, "an idempotency claim batch panicked");
+        }
+    }
+}
+
+/// One statement for the batch's distinct keys of one policy; the rest one by one.
+async fn claim_batch(pool: PgPool, jobs: Vec<ClaimJob>) {
+    let policy = jobs[0].policy;
+    let mut seen = std::collections::HashSet::new();
+    let (batched, single): (Vec<ClaimJob>, Vec<ClaimJob>) = jobs
+        .into_iter()
+        .partition(|job| job.policy == policy && seen.insert(job.key.clone()));
+    let tokens: Vec<Uuid> = batched.iter().map(|_| Uuid::new_v4()).collect();
+    let acquired = if batched.len() < 2 {
+        None
+    } else {
+        let column =
+            |f: fn(&KeyRef) -> &str| batched.iter().map(|job| f(&job.key)).collect::<Vec<&str>>();
+        let fingerprints: Vec<&[u8]> = batched.iter().map(|job| &job.fingerprint[..]).collect();
+        sqlx::query_scalar::<_, Uuid>(
+            "insert into idempotency_keys \
+               (caller_id, account_id, route, key, fingerprint, status, expires_at, \
+                lease_expires_at, owner_token) \
+             select u.caller_id, u.account_id, u.route, u.key, u.fingerprint, 'in_flight', \
+                    now() + $6, now() + $7, u.token \
+               from (select set_config('synchronous_commit', 'off', true)) as async_commit, \
+                    unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $8::uuid[]) \
+                    as u(caller_id, account_id, route, key, fingerprint, token) \
+             on conflict (caller_id, account_id, route, key) do update \
+               set fingerprint = excluded.fingerprint, status = 'in_flight', \
+                   response_status = null, response_body = null, completed_at = null, \
+                   created_at = now(), expires_at = excluded.expires_at, \
+                   lease_expires_at = excluded.lease_expires_at, \
+                   owner_token = excluded.owner_token \
+             where idempotency_keys.expires_at < now() \
+                or (idempotency_keys.status = 'in_flight' \
+                    and idempotency_keys.lease_expires_at < now() \
+                    and idempotency_keys.fingerprint = excluded.fingerprint) \
+             returning owner_token",
+        )
+        .bind(column(|key| &key.caller_id))
+        .bind(column(|key| &key.account_id))
+        .bind(column(|key| &key.route))
+        .bind(column(|key| &key.key))
+        .bind(&fingerprints)
+        .bind(policy.ttl)
+        .bind(policy.lease)
+        .bind(&tokens)
+        .fetch_all(&pool)
+        .await
+        .ok()
+    };
+    let mut rest = single;
+    match acquired {
+        Some(acquired) => {
+            for (job, token) in batched.into_iter().zip(tokens) {
+                if acquired.contains(&token) {
+                    let claimed = Claimed {
+                        key: job.key,
+                        token,
+                    };
+                    let _ = job.reply.send(Ok(Claim::Acquired(claimed)));
+                } else {
+                    rest.push(job);
+                }
+            }
+        }
+        // One alone, or the statement failed: each on its own, with its own error.
+        None => rest.extend(batched),
+    }
+    for job in rest {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let result = claim(&pool, &job.key, &job.fingerprint, job.policy).await;
+            let _ = job.reply.send(result);
+        });
     }
 }

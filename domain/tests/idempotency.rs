@@ -2,8 +2,8 @@
 //! owning claim, release, purge.
 
 use domain::idempotency::{
-    Claim, Claimed, KeyPolicy, KeyRef, StoredResponse, claim, complete, complete_many, fingerprint,
-    lock_claims, purge_expired, release,
+    Claim, Claimed, Claimer, KeyPolicy, KeyRef, StoredResponse, claim, complete, complete_many,
+    fingerprint, lock_claims, purge_expired, release,
 };
 use sqlx::PgPool;
 use std::time::Duration;
@@ -216,4 +216,63 @@ async fn expired_keys_are_purged_and_their_names_reusable(pool: PgPool) {
         .expect("keys");
     assert_eq!(left, vec!["fresh".to_owned()]);
     acquire(&pool, &key("old"), &fingerprint(b"[1]"), POLICY).await;
+}
+
+/// Concurrent claims go out together: distinct keys are all acquired once, a key sent twice at
+/// once is acquired by one and in flight for the other, a completed key replays, another body is
+/// refused as reused — the same answers as one claim at a time.
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn batched_claims_answer_as_single_claims_do(pool: PgPool) {
+    let body = fingerprint(br#"{"amount":5}"#);
+    let done = acquire(&pool, &key("done"), &body, POLICY).await;
+    complete(&pool, &done, &answer(201))
+        .await
+        .expect("complete");
+    let claimer = Claimer::start(pool.clone(), 1, 256);
+
+    let mut handles = Vec::new();
+    let names: Vec<String> = (0..100)
+        .map(|n| format!("k{n}"))
+        .chain(["twice".to_owned(), "twice".to_owned(), "done".to_owned()])
+        .collect();
+    for name in &names {
+        let (claimer, key) = (claimer.clone(), key(name));
+        handles.push(tokio::spawn(async move {
+            claimer.claim(&key, &body, POLICY).await.expect("claim")
+        }));
+    }
+    let other = fingerprint(br#"{"amount":6}"#);
+    let reused = claimer
+        .claim(&key("done"), &other, POLICY)
+        .await
+        .expect("claim");
+    let mut answers = Vec::new();
+    for handle in handles {
+        answers.push(handle.await.expect("join"));
+    }
+    for (name, answer) in names.iter().zip(&answers).take(100) {
+        assert!(
+            matches!(answer, Claim::Acquired(claimed) if &claimed.key.key == name),
+            "{name}: {answer:?}"
+        );
+    }
+    let twice: Vec<_> = answers[100..102].iter().collect();
+    assert_eq!(
+        twice
+            .iter()
+            .filter(|a| matches!(a, Claim::Acquired(_)))
+            .count(),
+        1,
+        "{twice:?}"
+    );
+    assert!(twice.iter().any(|a| **a == Claim::InFlight), "{twice:?}");
+    assert_eq!(answers[102], Claim::Replay(answer(201)));
+    assert_eq!(reused, Claim::Reused);
+    let tokens: i64 = sqlx::query_scalar(
+        "select count(distinct owner_token) from idempotency_keys where key like 'k%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("count");
+    assert_eq!(tokens, 100, "one owner per key");
 }

@@ -668,3 +668,121 @@ async fn a_request_failing_in_the_database_fails_alone_in_its_batch(pool: PgPool
     assert!(results[2].is_ok(), "{:?}", results[2]);
     assert_eq!(balances(&pool, "alice").await, (889, 0, 0));
 }
+
+/// Group commit: batches of several accounts that wait together are applied in one transaction
+/// (their rows share a transaction id), and an account whose part the database refuses fails
+/// alone: the others still apply, in a transaction without it.
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn waiting_accounts_commit_together_and_a_failing_account_fails_alone(pool: PgPool) {
+    for id in ["blocker", "a", "poison", "z"] {
+        account(&pool, id, 100).await;
+    }
+    // The database refuses any new ledger row of `poison` (a stand-in for any database error).
+    sqlx::raw_sql(
+        "create function refuse_poison() returns trigger language plpgsql as $$ \
+         begin if new.account_id = 'poison' then raise exception 'poisoned'; end if; \
+         return new; end $$; \
+         create trigger refuse_poison before insert on credit_ledger \
+           for each row execute function refuse_poison();",
+    )
+    .execute(&pool)
+    .await
+    .expect("trigger");
+    let ledger = Ledger::start(
+        pool.clone(),
+        LedgerConfig {
+            committers: 1,
+            ..LedgerConfig::default()
+        },
+    )
+    .await
+    .expect("ledger");
+    // Hold `blocker`'s row so the only committer waits inside its transaction while the three
+    // other accounts' batches queue up behind it.
+    let mut holder = pool.begin().await.expect("begin");
+    sqlx::query("select 1 from credit_accounts where id = 'blocker' for update")
+        .execute(&mut *holder)
+        .await
+        .expect("lock");
+    let blocked = tokio::spawn({
+        let ledger = ledger.clone();
+        async move { ledger.apply(request("blocker", charge(1))).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let waiting: Vec<_> = ["a", "poison", "z"]
+        .into_iter()
+        .map(|id| {
+            let ledger = ledger.clone();
+            tokio::spawn(async move { ledger.apply(request(id, charge(10))).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        ledger.commit_queue(),
+        3,
+        "three batches wait for the committer"
+    );
+    holder.rollback().await.expect("release");
+
+    let blocker = blocked.await.expect("join").expect("outcome");
+    assert!(blocker.result.is_ok());
+    let mut results = Vec::new();
+    for handle in waiting {
+        results.push(handle.await.expect("join").expect("outcome").result);
+    }
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    assert!(results[1].is_err(), "the poisoned account fails");
+    assert!(results[2].is_ok(), "{:?}", results[2]);
+    assert_eq!(balances(&pool, "a").await.0, 90);
+    assert_eq!(balances(&pool, "z").await.0, 90);
+    assert_eq!(
+        balances(&pool, "poison").await.0,
+        100,
+        "nothing of it applied"
+    );
+    let transactions: i64 = sqlx::query_scalar(
+        "select count(distinct xmin::text) from credit_ledger \
+          where account_id in ('a', 'z') and kind = 'charge'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("xmin");
+    assert_eq!(transactions, 1, "a and z committed in one transaction");
+}
+
+/// Many accounts charged at once through group commit: every charge applied exactly once and
+/// every balance equals its ledger.
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn concurrent_charges_over_many_accounts_all_apply_once(pool: PgPool) {
+    let ids: Vec<String> = (0..40).map(|n| format!("acct-{n:02}")).collect();
+    for id in &ids {
+        account(&pool, id, 1_000).await;
+    }
+    let ledger = Ledger::start(pool.clone(), LedgerConfig::default())
+        .await
+        .expect("ledger");
+    let mut handles = Vec::new();
+    for round in 0..5 {
+        for id in &ids {
+            let (ledger, id) = (ledger.clone(), id.clone());
+            handles.push(tokio::spawn(async move {
+                ledger.apply(request(&id, charge(round + 1))).await
+            }));
+        }
+    }
+    for handle in handles {
+        let outcome = handle.await.expect("join").expect("outcome");
+        assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+    }
+    for id in &ids {
+        assert_eq!(balances(&pool, id).await.0, 1_000 - 15, "{id}");
+        assert_eq!(rows(&pool, id, "charge").await, 5, "{id}");
+    }
+    let groups: i64 = sqlx::query_scalar(
+        "select count(distinct xmin::text) from credit_ledger where kind = 'charge'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("xmin");
+    assert!(groups < 200, "200 charges took {groups} transactions");
+}

@@ -53,6 +53,20 @@ pub fn key_rule(method: &axum::http::Method, path: &str) -> KeyRule {
     }
 }
 
+/// Whether a route's work goes through the ledger (admission control applies).
+fn ledger_route(method: &axum::http::Method, path: &str) -> bool {
+    method == axum::http::Method::POST
+        && matches!(
+            path,
+            "/api/v1/credits/charge"
+                | "/api/v1/credits/refund"
+                | "/api/v1/credits/adjust"
+                | "/api/v1/tasks"
+                | "/api/v1/tasks/{id}/events"
+                | "/api/v1/tasks/{id}/cancel"
+        )
+}
+
 impl axum::extract::FromRequest<AppState> for Keyed {
     type Rejection = Response;
 
@@ -88,7 +102,15 @@ impl axum::extract::FromRequest<AppState> for Keyed {
                 ApiError::new(rejection.status(), code, rejection.body_text()).into_response()
             })?;
         let rule = key_rule(&method, &path);
-        let guard = Guard::begin(state, &caller, &headers, &route, &body, rule).await?;
+        // Ledger work only while the node can do it soon: refused before the key is claimed.
+        let admitted = if ledger_route(&method, &path) {
+            let admitted = state.admission.admit(&state.ledger).await;
+            Some(admitted.map_err(IntoResponse::into_response)?)
+        } else {
+            None
+        };
+        let mut guard = Guard::begin(state, &caller, &headers, &route, &body, rule).await?;
+        guard.admitted = admitted;
         Ok(Keyed { guard, body })
     }
 }
@@ -119,6 +141,8 @@ pub struct Guard {
     request_id: String,
     /// Invariant: true once the claim was completed or released on purpose.
     finished: bool,
+    /// The request's place among the money operations in flight (admission control).
+    admitted: Option<crate::admission::Admitted>,
 }
 
 impl Guard {
@@ -140,6 +164,7 @@ impl Guard {
             claim: None,
             request_id,
             finished: false,
+            admitted: None,
         };
         let Some(key) =
             key_from(headers, caller, route, rule).map_err(IntoResponse::into_response)?
@@ -147,14 +172,11 @@ impl Guard {
             return Ok(guard);
         };
         let fingerprint = idempotency::fingerprint(body);
-        let claim = idempotency::claim(
-            &state.db,
-            &key,
-            &fingerprint,
-            state.settings.idempotency.policy(),
-        )
-        .await
-        .map_err(|error| ApiError::from(error).into_response())?;
+        let claim = state
+            .claims
+            .claim(&key, &fingerprint, state.settings.idempotency.policy())
+            .await
+            .map_err(|error| ApiError::from(error).into_response())?;
         match claim {
             Claim::Acquired(claimed) => {
                 guard.claim = Some(claimed);

@@ -1,6 +1,7 @@
 //! The gateway: axum HTTP API, auth, permission matrix, metrics, and the composition root that
 //! wires the domain and the hub into a running node.
 
+pub mod admission;
 pub mod auth;
 pub mod console;
 pub mod demo_worker;

@@ -393,6 +393,16 @@ pub struct LedgerSettings {
     pub max_pending: usize,
     /// An account actor idle this long stops.
     pub idle_timeout_ms: u64,
+    /// Most accounts whose batches one transaction applies (group commit); 1 turns it off.
+    pub max_group: usize,
+    /// Group transactions at once (each holds a pooled connection while it runs).
+    pub committers: usize,
+    /// Money operations (charges, refunds, adjustments, task creation) in flight on the node;
+    /// beyond, a request waits at most `max_queue_ms` for a place, then 503.
+    pub max_in_flight: usize,
+    /// The longest a money operation may queue: longer waits are refused at once with 503 and
+    /// `Retry-After` (admission control, `gateway::admission`).
+    pub max_queue_ms: u64,
 }
 
 /// Idempotency keys.
@@ -414,6 +424,10 @@ impl Default for LedgerSettings {
             max_batch: defaults.max_batch,
             max_pending: defaults.max_pending,
             idle_timeout_ms: defaults.idle_timeout.as_millis() as u64,
+            max_group: defaults.max_group,
+            committers: defaults.committers,
+            max_in_flight: 512,
+            max_queue_ms: 50,
         }
     }
 }
@@ -425,6 +439,8 @@ impl LedgerSettings {
             max_batch: self.max_batch,
             max_pending: self.max_pending,
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            max_group: self.max_group,
+            committers: self.committers,
         }
     }
 }
@@ -608,8 +624,17 @@ impl Settings {
         if self.database.max_connections == 0 {
             bail!("database.max_connections must be positive");
         }
-        if self.ledger.max_batch == 0 || self.ledger.max_pending == 0 {
-            bail!("ledger.max_batch and ledger.max_pending must be positive");
+        if self.ledger.max_batch == 0
+            || self.ledger.max_pending == 0
+            || self.ledger.max_group == 0
+            || self.ledger.committers == 0
+            || self.ledger.max_in_flight == 0
+            || self.ledger.max_queue_ms == 0
+        {
+            bail!(
+                "ledger.max_batch, ledger.max_pending, ledger.max_group, ledger.committers, \
+                 ledger.max_in_flight and ledger.max_queue_ms must be positive"
+            );
         }
         if self.idempotency.ttl_hours < 24 {
             bail!("idempotency.ttl_hours must be at least 24 (the API promises 24 h)");

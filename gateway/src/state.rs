@@ -51,6 +51,10 @@ pub struct AppState {
     pub wechat: crate::payments::SharedWechat,
     /// Invariant: false until shutdown starts, then true for good.
     pub draining: Arc<AtomicBool>,
+    /// Admission control of money operations (`gateway::admission`).
+    pub admission: Arc<crate::admission::Admission>,
+    /// Idempotency-key claims, made together for concurrent requests.
+    pub claims: domain::idempotency::Claimer,
     /// Invariant: every (user, account) pair in it has a `users` row and, unless the account is
     /// empty (a service), an account that user owns; pairs are only inserted after their
     /// provisioning transaction committed.
@@ -121,7 +125,13 @@ impl AppState {
             db: db.clone(),
             events: events.clone(),
         });
+        let admission = Arc::new(crate::admission::Admission::new(
+            settings.ledger.max_in_flight,
+            Duration::from_millis(settings.ledger.max_queue_ms),
+        ));
+        let claims = domain::idempotency::Claimer::start(db.clone(), 2, 256);
         Ok(Self {
+            claims,
             realtime,
             tasks,
             authority,
@@ -135,6 +145,7 @@ impl AppState {
             wechat,
             events,
             draining: Arc::new(AtomicBool::new(false)),
+            admission,
             provisioned: Arc::new(DashSet::new()),
             account_owners: Arc::default(),
         })

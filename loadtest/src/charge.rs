@@ -55,6 +55,39 @@ pub struct ChargeArgs {
     /// Push the results to this Prometheus Pushgateway (`http://host:9091`).
     #[arg(long, value_name = "URL")]
     pushgateway: Option<String>,
+    /// Ramp mode, instead of one rate and the hot phase: open loops at `START:STEP:END` charges
+    /// per second, `--ramp-step-seconds` each; per step the accepted rate, the P50/P95/P99 of the
+    /// accepted charges and the outcome mix, so the knee of the curve shows.
+    #[arg(long, value_name = "START:STEP:END")]
+    ramp: Option<String>,
+    /// Ramp mode: seconds per step.
+    #[arg(long, default_value_t = 10)]
+    ramp_step_seconds: u64,
+    /// Ramp mode: draw the curve (accepted rate and latency against the offered rate) as SVG.
+    #[arg(long, value_name = "FILE")]
+    ramp_chart: Option<PathBuf>,
+    /// Only provision and fund the accounts (so a measured run can start on a settled database).
+    #[arg(long)]
+    setup_only: bool,
+}
+
+/// `START:STEP:END` as the rates of a ramp.
+fn ramp_rates(spec: &str) -> anyhow::Result<Vec<u64>> {
+    let parts: Vec<u64> = spec
+        .split(':')
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .map_err(|_| anyhow::anyhow!("--ramp is START:STEP:END in charges per second"))?;
+    let [start, step, end] = parts[..] else {
+        anyhow::bail!("--ramp is START:STEP:END in charges per second");
+    };
+    anyhow::ensure!(
+        start > 0 && step > 0 && end >= start && (end - start) / step < 100,
+        "--ramp needs 0 < START <= END and at most 100 steps"
+    );
+    Ok((0..=(end - start) / step)
+        .map(|n| start + n * step)
+        .collect())
 }
 
 #[derive(Debug, Serialize)]
@@ -65,7 +98,12 @@ struct OpenLoopReport {
     sent: u64,
     seconds: f64,
     accounts: usize,
+    /// Every answer's latency (from its scheduled send).
     latency: Latency,
+    /// The latency of the charges accepted (2xx).
+    accepted_latency: Latency,
+    /// Charges accepted (2xx) per second of the step.
+    accepted_per_second: f64,
     outcomes: Outcomes,
 }
 
@@ -86,6 +124,8 @@ struct ChargeReport {
     scenario: &'static str,
     started_at: String,
     open_loop: Option<OpenLoopReport>,
+    /// Ramp mode: one open loop per offered rate.
+    ramp: Vec<OpenLoopReport>,
     hot: Vec<HotReport>,
     batched_over_naive: Option<f64>,
 }
@@ -143,6 +183,31 @@ async fn charge(
     }
 }
 
+/// Sends a request again while the node sheds load (503, 429), after its `Retry-After` (at most
+/// 2 s), up to 60 times, as a well-behaved client does; the same idempotency key makes it safe.
+async fn until_admitted<F, Fut>(send: F) -> anyhow::Result<reqwest::Response>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+{
+    for _ in 0..60 {
+        let response = send().await?;
+        let status = response.status().as_u16();
+        if status != 503 && status != 429 {
+            return Ok(response);
+        }
+        let wait = response
+            .headers()
+            .get("retry-after")
+            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
+            .unwrap_or(1)
+            .min(2);
+        let _ = response.bytes().await;
+        tokio::time::sleep(Duration::from_millis(200 + wait * 300)).await;
+    }
+    anyhow::bail!("the node kept shedding load")
+}
+
 /// Provisions `users` (their first request) and funds each once (the key makes reruns no-ops).
 async fn setup(
     client: &reqwest::Client,
@@ -170,16 +235,24 @@ async fn setup(
         );
         tasks.spawn(async move {
             let _permit = permit;
-            let me = client.get(format!("{target}/api/v1/sessions/me")).bearer_auth(&token).send().await?;
+            let me = until_admitted(|| {
+                client
+                    .get(format!("{target}/api/v1/sessions/me"))
+                    .bearer_auth(&token)
+                    .send()
+            })
+            .await?;
             anyhow::ensure!(me.status().is_success(), "provisioning {user}: {}", me.status());
             let body = serde_json::json!({"account_id": user, "amount": fund, "reason": "loadtest funding"});
-            let funded = client
-                .post(format!("{target}/api/v1/credits/adjust"))
-                .bearer_auth(finance.as_str())
-                .header("idempotency-key", format!("loadtest-fund-{user}"))
-                .json(&body)
-                .send()
-                .await?;
+            let funded = until_admitted(|| {
+                client
+                    .post(format!("{target}/api/v1/credits/adjust"))
+                    .bearer_auth(finance.as_str())
+                    .header("idempotency-key", format!("loadtest-fund-{user}"))
+                    .json(&body)
+                    .send()
+            })
+            .await?;
             anyhow::ensure!(funded.status().is_success(), "funding {user}: {}", funded.status());
             progress.inc(1);
             Ok(())
@@ -196,14 +269,16 @@ async fn setup(
 /// counts from that planned instant, so a stalled server cannot hide its queueing delay.
 async fn open_loop(
     args: &ChargeArgs,
+    (rate, duration): (u64, u64),
     client: &reqwest::Client,
     users: &[(String, String)],
     run: &str,
     stop: &CancellationToken,
 ) -> OpenLoopReport {
-    let planned = args.rate * args.duration;
-    let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
+    let planned = rate * duration;
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
     let histogram = Arc::new(Mutex::new(report::histogram()));
+    let accepted = Arc::new(Mutex::new(report::histogram()));
     let outcomes = Arc::new(Mutex::new(Outcomes::new()));
     let progress = bar(planned, "open loop");
     let started = tokio::time::Instant::now();
@@ -221,14 +296,23 @@ async fn open_loop(
         );
         let token = users[user_index].1.clone();
         let (client, target, key) = (client.clone(), target.clone(), format!("{run}-{n}"));
-        let (histogram, outcomes, progress) =
-            (histogram.clone(), outcomes.clone(), progress.clone());
+        let (histogram, accepted, outcomes, progress) = (
+            histogram.clone(),
+            accepted.clone(),
+            outcomes.clone(),
+            progress.clone(),
+        );
         let amount = args.amount;
         tasks.spawn(async move {
             let outcome = charge(&client, &target, &token, &key, amount).await;
             let latency = scheduled.elapsed();
             if let Ok(mut histogram) = histogram.lock() {
                 report::record(&mut histogram, latency);
+            }
+            if outcome.starts_with('2')
+                && let Ok(mut accepted) = accepted.lock()
+            {
+                report::record(&mut accepted, latency);
             }
             if let Ok(mut outcomes) = outcomes.lock() {
                 *outcomes.entry(outcome).or_default() += 1;
@@ -241,18 +325,23 @@ async fn open_loop(
     while tasks.join_next().await.is_some() {}
     progress.finish();
     let seconds = started.elapsed().as_secs_f64();
-    let latency = histogram
-        .lock()
-        .map(|h| Latency::of(&h))
-        .unwrap_or_else(|_| Latency::of(&report::histogram()));
+    let latency_of = |histogram: &Mutex<Histogram<u64>>| {
+        histogram
+            .lock()
+            .map(|h| Latency::of(&h))
+            .unwrap_or_else(|_| Latency::of(&report::histogram()))
+    };
+    let accepted_latency = latency_of(&accepted);
     OpenLoopReport {
         targets: args.targets.clone(),
-        rate_per_second: args.rate,
+        rate_per_second: rate,
         planned,
         sent,
         seconds,
         accounts: users.len(),
-        latency,
+        latency: latency_of(&histogram),
+        accepted_per_second: accepted_latency.count as f64 / seconds.max(0.001),
+        accepted_latency,
         outcomes: outcomes.lock().map(|o| o.clone()).unwrap_or_default(),
     }
 }
@@ -345,14 +434,44 @@ pub async fn run(args: ChargeArgs, stop: CancellationToken) -> anyhow::Result<()
     let started_at = chrono::Utc::now().to_rfc3339();
 
     setup(&client, &args.targets[0], &minter, &users, args.fund, &stop).await?;
-    let open = if args.duration > 0 && !stop.is_cancelled() {
-        Some(open_loop(&args, &client, &users, &run, &stop).await)
+    if args.setup_only {
+        let hot_user = format!("{}-hot", args.prefix);
+        let hot_users = [(hot_user.clone(), minter.token(&hot_user, &["user"])?)];
+        setup(
+            &client,
+            &args.targets[0],
+            &minter,
+            &hot_users,
+            1_000_000_000_000,
+            &stop,
+        )
+        .await?;
+        println!("set up {} accounts and the hot account", users.len());
+        return Ok(());
+    }
+    let mut ramp = Vec::new();
+    if let Some(spec) = &args.ramp {
+        for rate in ramp_rates(spec)? {
+            if stop.is_cancelled() {
+                break;
+            }
+            let step_run = format!("{run}-r{rate}");
+            let step = (rate, args.ramp_step_seconds);
+            ramp.push(open_loop(&args, step, &client, &users, &step_run, &stop).await);
+        }
+        if let Some(path) = &args.ramp_chart {
+            crate::chart::write_ramp(path, &ramp_points(&ramp))?;
+        }
+    }
+    let open = if args.ramp.is_none() && args.duration > 0 && !stop.is_cancelled() {
+        let step = (args.rate, args.duration);
+        Some(open_loop(&args, step, &client, &users, &run, &stop).await)
     } else {
         None
     };
 
     let mut hot = Vec::new();
-    if args.hot_duration > 0 {
+    if args.ramp.is_none() && args.hot_duration > 0 {
         let hot_user = format!("{}-hot", args.prefix);
         let token = minter.token(&hot_user, &["user"])?;
         let hot_users = [(hot_user, token.clone())];
@@ -386,6 +505,7 @@ pub async fn run(args: ChargeArgs, stop: CancellationToken) -> anyhow::Result<()
         scenario: "charge",
         started_at,
         open_loop: open,
+        ramp,
         hot,
         batched_over_naive: ratio,
     };
@@ -399,9 +519,46 @@ pub async fn run(args: ChargeArgs, stop: CancellationToken) -> anyhow::Result<()
     Ok(())
 }
 
+/// The ramp's steps as chart points.
+fn ramp_points(steps: &[OpenLoopReport]) -> Vec<crate::chart::RampPoint> {
+    steps
+        .iter()
+        .map(|step| {
+            let count = |pick: &dyn Fn(&str) -> bool| {
+                step.outcomes
+                    .iter()
+                    .filter(|(outcome, _)| pick(outcome))
+                    .map(|(_, n)| *n)
+                    .sum::<u64>() as f64
+                    / step.seconds.max(0.001)
+            };
+            crate::chart::RampPoint {
+                offered: step.rate_per_second as f64,
+                accepted: step.accepted_per_second,
+                shed: count(&|outcome| outcome == "503" || outcome == "429"),
+                failed: count(&|outcome| outcome == "5xx" || outcome.starts_with("error")),
+                p50_ms: step.accepted_latency.p50_ms,
+                p95_ms: step.accepted_latency.p95_ms,
+                p99_ms: step.accepted_latency.p99_ms,
+            }
+        })
+        .collect()
+}
+
 /// The report as Prometheus samples.
 fn metrics(report: &ChargeReport) -> Vec<(String, f64)> {
     let mut samples = Vec::new();
+    for step in &report.ramp {
+        let rate = step.rate_per_second;
+        samples.push((
+            format!("loadtest_charge_ramp_accepted_per_second{{offered=\"{rate}\"}}"),
+            step.accepted_per_second,
+        ));
+        samples.push((
+            format!("loadtest_charge_ramp_p95_ms{{offered=\"{rate}\"}}"),
+            step.accepted_latency.p95_ms,
+        ));
+    }
     if let Some(open) = &report.open_loop {
         samples.push(("loadtest_charge_sent_total".to_owned(), open.sent as f64));
         for (outcome, count) in &open.outcomes {
@@ -489,5 +646,28 @@ fn print(report: &ChargeReport) {
     }
     if let Some(ratio) = report.batched_over_naive {
         println!("\nhot account, batched / naive: {ratio:.1}x");
+    }
+    if !report.ramp.is_empty() {
+        println!("\ncharge: ramp (latency of accepted charges, from their scheduled send)");
+        println!(
+            "{:>9} {:>10} {:>9} {:>9} {:>9}  outcomes",
+            "offered/s", "accepted/s", "p50 ms", "p95 ms", "p99 ms"
+        );
+        for step in &report.ramp {
+            let mix: Vec<String> = step
+                .outcomes
+                .iter()
+                .map(|(outcome, count)| format!("{outcome}: {count}"))
+                .collect();
+            println!(
+                "{:>9} {:>10.0} {:>9.2} {:>9.2} {:>9.2}  {}",
+                step.rate_per_second,
+                step.accepted_per_second,
+                step.accepted_latency.p50_ms,
+                step.accepted_latency.p95_ms,
+                step.accepted_latency.p99_ms,
+                mix.join(", ")
+            );
+        }
     }
 }

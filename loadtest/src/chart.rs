@@ -192,3 +192,114 @@ pub fn write_soak(path: &Path, points: &[SoakPoint]) -> anyhow::Result<()> {
     println!("chart written to {}", path.display());
     Ok(())
 }
+
+/// A line of a ramp chart: its name, colour and value.
+type Series = (&'static str, RGBColor, fn(&RampPoint) -> f64);
+
+/// One step of a charge ramp.
+#[derive(Debug, Clone)]
+pub struct RampPoint {
+    /// Offered charges per second.
+    pub offered: f64,
+    /// Accepted (2xx) per second.
+    pub accepted: f64,
+    /// Shed (503, 429) per second.
+    pub shed: f64,
+    /// Other failures (5xx, transport errors) per second.
+    pub failed: f64,
+    /// Latency of the accepted charges.
+    pub p50_ms: f64,
+    /// Latency of the accepted charges.
+    pub p95_ms: f64,
+    /// Latency of the accepted charges.
+    pub p99_ms: f64,
+}
+
+/// The knee of a ramp: rates (top) and the accepted charges' latency (bottom) against the offered
+/// rate.
+pub fn write_ramp(path: &Path, points: &[RampPoint]) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let root = SVGBackend::new(path, (960, 640)).into_drawing_area();
+    root.fill(&WHITE).map_err(chart_error)?;
+    let (top, bottom) = root.split_vertically(320);
+    let offered_max = points.iter().map(|p| p.offered).fold(1.0_f64, f64::max) * 1.05;
+    let rate_max = points
+        .iter()
+        .map(|p| p.accepted.max(p.shed).max(p.offered))
+        .fold(1.0_f64, f64::max)
+        * 1.1;
+    let mut rates = ChartBuilder::on(&top)
+        .caption("charge ramp: answers per second", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..offered_max, 0.0..rate_max)
+        .map_err(chart_error)?;
+    rates
+        .configure_mesh()
+        .x_desc("offered charges/s")
+        .y_desc("per second")
+        .draw()
+        .map_err(chart_error)?;
+    let series: [Series; 3] = [
+        ("accepted", GREEN, |p| p.accepted),
+        ("shed (503/429)", BLUE, |p| p.shed),
+        ("failed (5xx, errors)", RED, |p| p.failed),
+    ];
+    for (name, color, pick) in series {
+        rates
+            .draw_series(LineSeries::new(
+                points.iter().map(|p| (p.offered, pick(p))),
+                color.stroke_width(2),
+            ))
+            .map_err(chart_error)?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2)));
+    }
+    rates
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(chart_error)?;
+    let latency_max = points.iter().map(|p| p.p99_ms).fold(1.0_f64, f64::max) * 1.1;
+    let mut latency = ChartBuilder::on(&bottom)
+        .caption("latency of accepted charges", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..offered_max, 0.0..latency_max)
+        .map_err(chart_error)?;
+    latency
+        .configure_mesh()
+        .x_desc("offered charges/s")
+        .y_desc("ms")
+        .draw()
+        .map_err(chart_error)?;
+    let series: [Series; 3] = [
+        ("p50", BLUE, |p| p.p50_ms),
+        ("p95", MAGENTA, |p| p.p95_ms),
+        ("p99", RED, |p| p.p99_ms),
+    ];
+    for (name, color, pick) in series {
+        latency
+            .draw_series(LineSeries::new(
+                points.iter().map(|p| (p.offered, pick(p))),
+                color.stroke_width(2),
+            ))
+            .map_err(chart_error)?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2)));
+    }
+    latency
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(chart_error)?;
+    root.present().map_err(chart_error)?;
+    println!("chart written to {}", path.display());
+    Ok(())
+}

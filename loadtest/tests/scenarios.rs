@@ -50,6 +50,8 @@ async fn node_with(db: &PgPool, id: &str, configure: impl FnOnce(&mut Settings))
         ..Settings::default()
     };
     let mut settings = settings;
+    // Exact outcome counts on a busy CI machine: no shedding (it has its own gateway test).
+    settings.ledger.max_queue_ms = 10_000;
     configure(&mut settings);
     let state = AppState::with_pool(settings, pool).await.expect("state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -325,7 +327,11 @@ async fn charge_applies_every_open_loop_charge_and_compares_the_batched_and_naiv
     db: PgPool,
 ) {
     let batched = node(&db, "batched").await;
-    let naive = node_with(&db, "naive", |settings| settings.ledger.max_batch = 1).await;
+    let naive = node_with(&db, "naive", |settings| {
+        settings.ledger.max_batch = 1;
+        settings.ledger.max_group = 1;
+    })
+    .await;
 
     let report = run(
         &[
@@ -380,6 +386,56 @@ async fn charge_applies_every_open_loop_charge_and_compares_the_batched_and_naiv
         applied as u64,
         100 + hot_total,
         "the ledger agrees with the report"
+    );
+}
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn a_charge_ramp_reports_every_step_and_draws_the_knee(db: PgPool) {
+    let node = node(&db, "ramp").await;
+    let chart = scratch("charge-ramp.svg");
+    let report = run(
+        &[
+            "charge",
+            "--target",
+            &node.url,
+            "--accounts",
+            "10",
+            "--fund",
+            "1000",
+            "--ramp",
+            "20:20:60",
+            "--ramp-step-seconds",
+            "1",
+            "--ramp-chart",
+            chart.to_str().expect("path"),
+        ],
+        &scratch("charge-ramp.json"),
+    )
+    .await;
+    let steps = report["ramp"].as_array().expect("ramp steps");
+    let offered: Vec<u64> = steps
+        .iter()
+        .map(|step| number(step, "/rate_per_second"))
+        .collect();
+    assert_eq!(offered, [20, 40, 60]);
+    for step in steps {
+        let answered: u64 = step["outcomes"]
+            .as_object()
+            .expect("outcomes")
+            .values()
+            .map(|count| count.as_u64().expect("count"))
+            .sum();
+        assert_eq!(answered, number(step, "/sent"), "{step}");
+        assert_eq!(
+            number(step, "/accepted_latency/count"),
+            number(step, "/outcomes/201")
+        );
+    }
+    assert!(report["open_loop"].is_null() && report["hot"].as_array().is_some_and(Vec::is_empty));
+    let svg = std::fs::read_to_string(&chart).expect("chart written");
+    assert!(
+        svg.contains("<svg") && svg.contains("accepted"),
+        "the chart"
     );
 }
 

@@ -10,7 +10,7 @@
 //! (up to `max_batch`). Under no load every batch holds one request; under load batches grow by
 //! themselves: group commit.
 
-use super::store::execute_batch;
+use super::committer::{Committed, Committer};
 use super::{LedgerRequest, Outcome};
 use crate::DomainError;
 use dashmap::DashMap;
@@ -31,6 +31,10 @@ pub struct LedgerConfig {
     pub max_pending: usize,
     /// An actor with nothing to do for this long stops.
     pub idle_timeout: Duration,
+    /// Most accounts whose batches one transaction applies (group commit); 1 turns it off.
+    pub max_group: usize,
+    /// Transactions applying account batches at once (each holds a pooled connection).
+    pub committers: usize,
 }
 
 impl Default for LedgerConfig {
@@ -39,6 +43,8 @@ impl Default for LedgerConfig {
             max_batch: 128,
             max_pending: 10_000,
             idle_timeout: Duration::from_secs(30),
+            max_group: 64,
+            committers: 6,
         }
     }
 }
@@ -61,7 +67,7 @@ type Registry = Arc<DashMap<String, AccountHandle>>;
 /// The entry point: routes operations to account actors, starting them on demand.
 #[derive(Debug, Clone)]
 pub struct Ledger {
-    pool: PgPool,
+    committer: Committer,
     config: LedgerConfig,
     registry: Registry,
     supervisor: ActorRef<()>,
@@ -75,6 +81,11 @@ impl Ledger {
             config.max_pending >= 1,
             "ledger max_pending must be at least 1"
         );
+        anyhow::ensure!(
+            config.max_group >= 1 && config.committers >= 1,
+            "ledger max_group and committers must be at least 1"
+        );
+        let committer = Committer::start(pool, config.committers, config.max_group);
         let registry: Registry = Arc::new(DashMap::new());
         let (supervisor, _) = Actor::spawn(None, LedgerSupervisor, registry.clone()).await?;
         metrics::describe_histogram!(
@@ -96,7 +107,7 @@ impl Ledger {
             "Operations sent to account actors and not answered yet, on this node"
         );
         Ok(Self {
-            pool,
+            committer,
             config,
             registry,
             supervisor,
@@ -111,6 +122,18 @@ impl Ledger {
     /// Live account actors on this node.
     pub fn live_actors(&self) -> usize {
         self.registry.len()
+    }
+
+    /// Account batches waiting for a committer on this node.
+    pub fn commit_queue(&self) -> usize {
+        self.committer.depth()
+    }
+
+    /// How long an operation handed in now can expect its batch to wait for a committer: the
+    /// wait of the latest group's oldest batch while recent, and with batches waiting at least
+    /// the time since a committer last started one. Admission control sheds on it.
+    pub fn queue_delay(&self) -> Duration {
+        self.committer.queue_delay()
     }
 
     /// Applies one operation through its account's actor and waits for the outcome.
@@ -188,7 +211,7 @@ impl Ledger {
             let in_mailbox = Arc::new(AtomicUsize::new(0));
             let arguments = AccountArgs {
                 account_id: account_id.to_owned(),
-                pool: self.pool.clone(),
+                committer: self.committer.clone(),
                 config: self.config,
                 registry: self.registry.clone(),
                 in_mailbox: in_mailbox.clone(),
@@ -291,7 +314,7 @@ pub enum AccountMsg {
 
 struct AccountArgs {
     account_id: String,
-    pool: PgPool,
+    committer: Committer,
     config: LedgerConfig,
     registry: Registry,
     in_mailbox: Arc<AtomicUsize>,
@@ -300,7 +323,7 @@ struct AccountArgs {
 /// State of an account actor.
 struct AccountState {
     account_id: String,
-    pool: PgPool,
+    committer: Committer,
     config: LedgerConfig,
     registry: Registry,
     in_mailbox: Arc<AtomicUsize>,
@@ -330,7 +353,7 @@ impl Actor for AccountActor {
         myself.send_interval(check_every, || AccountMsg::IdleCheck);
         Ok(AccountState {
             account_id: args.account_id,
-            pool: args.pool,
+            committer: args.committer,
             config: args.config,
             registry: args.registry,
             in_mailbox: args.in_mailbox,
@@ -411,7 +434,25 @@ async fn flush(state: &AccountState, batch: Vec<(LedgerRequest, RpcReplyPort<Out
     }
     metrics::histogram!("ledger_batch_size").record(batch.len() as f64);
     let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-    match execute_batch(&state.pool, &state.account_id, &requests).await {
+    let Ok(Committed {
+        batch: requests,
+        result,
+    }) = state.committer.commit(&state.account_id, requests).await
+    else {
+        tracing::error!(account = %state.account_id, "a ledger batch was lost with its committer");
+        for reply in replies {
+            let _ = reply.send(Outcome {
+                result: Err(DomainError::Unavailable(
+                    "the ledger could not finish the operation; it may or may not have been \
+                     applied: retry with the same Idempotency-Key"
+                        .into(),
+                )),
+                stored: None,
+            });
+        }
+        return;
+    };
+    match result {
         Ok(outcomes) => {
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 // A caller that gave up waiting has dropped its port: nothing to tell it.

@@ -3,6 +3,7 @@
 //! in [`plan`] (pure), the batch's SQL in [`store`], the reads in [`queries`].
 
 pub mod actor;
+mod committer;
 pub mod plan;
 pub mod queries;
 pub mod store;

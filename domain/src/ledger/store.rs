@@ -36,17 +36,176 @@ pub async fn execute_batch(
     batch: &[LedgerRequest],
 ) -> Result<Vec<Outcome>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let account = lock_account(&mut tx, account_id, plan::ids_needed(batch)).await?;
-    let claims_held = claims_held(&mut tx, batch).await?;
+    let outcomes = apply(&mut tx, account_id, batch).await?;
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// Why a group transaction committed nothing.
+#[derive(Debug)]
+pub(crate) enum GroupFailure {
+    /// The part of the account at this index failed (the others may be fine).
+    Account(usize, sqlx::Error),
+    /// The transaction itself failed (begin or commit).
+    Group(sqlx::Error),
+}
+
+/// Applies the batches of several accounts in one transaction (group commit): `groups` must be in
+/// account-id order, so concurrent groups, on this node or others, lock accounts in the same
+/// order. All or nothing: any failure rolls the whole group back.
+///
+/// Set-based, whatever the number of accounts: one statement locks every account and allocates
+/// the ledger ids, one locks every idempotency claim, one writes every ledger row, answer and
+/// audit row; only batches naming charges, holds, tasks or orders add their reads and writes.
+/// When that shared write fails, nothing tells which account caused it: the group is then applied
+/// account by account, which does.
+pub(crate) async fn execute_group(
+    pool: &PgPool,
+    groups: &[(&str, &[LedgerRequest])],
+) -> Result<Vec<Vec<Outcome>>, GroupFailure> {
+    if groups.len() < 2 {
+        return one_by_one(pool, groups).await;
+    }
+    match together(pool, groups).await {
+        Err(GroupFailure::Group(error))
+            if matches!(error, sqlx::Error::Database(_) | sqlx::Error::Protocol(_)) =>
+        {
+            tracing::warn!(%error, accounts = groups.len(),
+                "a group's shared write failed; applying its accounts one by one to find which");
+            one_by_one(pool, groups).await
+        }
+        result => result,
+    }
+}
+
+/// The group in one transaction, account by account (a failure names its account).
+async fn one_by_one(
+    pool: &PgPool,
+    groups: &[(&str, &[LedgerRequest])],
+) -> Result<Vec<Vec<Outcome>>, GroupFailure> {
+    let mut tx = pool.begin().await.map_err(GroupFailure::Group)?;
+    let mut outcomes = Vec::with_capacity(groups.len());
+    for (index, (account_id, batch)) in groups.iter().enumerate() {
+        let account = apply(&mut tx, account_id, batch)
+            .await
+            .map_err(|error| GroupFailure::Account(index, error))?;
+        outcomes.push(account);
+    }
+    tx.commit().await.map_err(GroupFailure::Group)?;
+    Ok(outcomes)
+}
+
+/// An account row of a group, locked, with its allocated ledger ids.
+#[derive(Debug, sqlx::FromRow)]
+struct GroupAccountRow {
+    id: String,
+    available: i64,
+    held: i64,
+    debt: i64,
+    now: DateTime<Utc>,
+    ids: Vec<i64>,
+}
+
+/// One account's planned part of a group.
+struct PlannedPart<'a> {
+    outcomes: Vec<Outcome>,
+    rows: Vec<PlannedRow>,
+    paid_orders: Vec<(&'a crate::payments::PaymentCredit, i64)>,
+}
+
+/// The group with set-based statements (see [`execute_group`]).
+async fn together(
+    pool: &PgPool,
+    groups: &[(&str, &[LedgerRequest])],
+) -> Result<Vec<Vec<Outcome>>, GroupFailure> {
+    let mut tx = pool.begin().await.map_err(GroupFailure::Group)?;
+    let ids: Vec<&str> = groups.iter().map(|(account_id, _)| *account_id).collect();
+    let needed: Vec<i32> = groups
+        .iter()
+        .map(|(_, batch)| plan::ids_needed(batch) as i32)
+        .collect();
+    // Locked in id order (the sort is below the lock), as every group and single batch does.
+    let locked: Vec<GroupAccountRow> = sqlx::query_as(
+        "select a.id, a.available, a.held, a.debt, now() as now, \
+                array(select nextval(pg_get_serial_sequence('credit_ledger', 'id')) \
+                        from generate_series(1, u.n)) as ids \
+           from credit_accounts a join unnest($1::text[], $2::int[]) as u(id, n) on a.id = u.id \
+          order by a.id for update of a",
+    )
+    .bind(&ids)
+    .bind(&needed)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(GroupFailure::Group)?;
+    let mut accounts: HashMap<String, plan::Account> = locked
+        .into_iter()
+        .map(|row| {
+            let account = plan::Account {
+                balances: plan::Balances {
+                    available: row.available,
+                    held: row.held,
+                    debt: row.debt,
+                },
+                now: row.now,
+                ids: row.ids,
+            };
+            (row.id, account)
+        })
+        .collect();
+    let all: Vec<&LedgerRequest> = groups.iter().flat_map(|(_, batch)| batch.iter()).collect();
+    let mut held = claims_held_of(&mut tx, &all)
+        .await
+        .map_err(GroupFailure::Group)?
+        .into_iter();
+    let mut parts = Vec::with_capacity(groups.len());
+    for (index, (account_id, batch)) in groups.iter().enumerate() {
+        let claims_held: Vec<bool> = held.by_ref().take(batch.len()).collect();
+        let account = accounts.remove(*account_id);
+        let part = plan_part(&mut tx, account_id, batch, account, claims_held)
+            .await
+            .map_err(|error| GroupFailure::Account(index, error))?;
+        parts.push(part);
+    }
+    let written: Vec<Written<'_>> = groups
+        .iter()
+        .zip(&parts)
+        .map(|((_, batch), part)| Written {
+            batch,
+            outcomes: &part.outcomes,
+            rows: &part.rows,
+        })
+        .collect();
+    write_batch(&mut tx, &written)
+        .await
+        .map_err(GroupFailure::Group)?;
+    for part in &mut parts {
+        for (credit, entry_id) in std::mem::take(&mut part.paid_orders) {
+            payments::mark_paid(&mut tx, credit, entry_id)
+                .await
+                .map_err(GroupFailure::Group)?;
+        }
+    }
+    tx.commit().await.map_err(GroupFailure::Group)?;
+    Ok(parts.into_iter().map(|part| part.outcomes).collect())
+}
+
+/// One account of a group: its facts, its plan, its side writes; its rows are written later with
+/// the group's.
+async fn plan_part<'a>(
+    tx: &mut PgConnection,
+    account_id: &str,
+    batch: &'a [LedgerRequest],
+    account: Option<plan::Account>,
+    claims_held: Vec<bool>,
+) -> Result<PlannedPart<'a>, sqlx::Error> {
     let facts = match account {
-        // Nothing to read for an account that does not exist: every request fails.
         None => Facts {
             claims_held,
             ..Facts::default()
         },
         Some(account) => {
             let needs = plan::needs(batch, &claims_held);
-            read_facts(&mut tx, account_id, &needs, account, claims_held).await?
+            read_facts(&mut *tx, account_id, &needs, account, claims_held).await?
         }
     };
     let Planned {
@@ -57,9 +216,18 @@ pub async fn execute_batch(
     } = plan::plan(account_id, batch, facts)
         .map_err(|fault| sqlx::Error::Protocol(fault.to_string()))?;
     for write in &writes {
-        side_write(&mut tx, account_id, batch, write, &mut verdicts).await?;
+        side_write(&mut *tx, account_id, batch, write, &mut verdicts).await?;
     }
-    let outcomes: Vec<Outcome> = batch
+    Ok(PlannedPart {
+        outcomes: outcomes_of(batch, verdicts),
+        rows,
+        paid_orders,
+    })
+}
+
+/// Each request's outcome, with its stored answer rendered.
+fn outcomes_of(batch: &[LedgerRequest], verdicts: Vec<Verdict>) -> Vec<Outcome> {
+    batch
         .iter()
         .zip(verdicts)
         .map(|(request, verdict)| match verdict {
@@ -72,12 +240,48 @@ pub async fn execute_batch(
                 Outcome { result, stored }
             }
         })
-        .collect();
-    write_batch(&mut tx, account_id, batch, &outcomes, &rows).await?;
-    for (credit, entry_id) in paid_orders {
-        payments::mark_paid(&mut tx, credit, entry_id).await?;
+        .collect()
+}
+
+/// One account's batch inside the caller's transaction: lock, read, plan, write.
+async fn apply(
+    tx: &mut PgConnection,
+    account_id: &str,
+    batch: &[LedgerRequest],
+) -> Result<Vec<Outcome>, sqlx::Error> {
+    let account = lock_account(&mut *tx, account_id, plan::ids_needed(batch)).await?;
+    let claims_held = claims_held(&mut *tx, batch).await?;
+    let facts = match account {
+        // Nothing to read for an account that does not exist: every request fails.
+        None => Facts {
+            claims_held,
+            ..Facts::default()
+        },
+        Some(account) => {
+            let needs = plan::needs(batch, &claims_held);
+            read_facts(&mut *tx, account_id, &needs, account, claims_held).await?
+        }
+    };
+    let Planned {
+        mut verdicts,
+        rows,
+        writes,
+        paid_orders,
+    } = plan::plan(account_id, batch, facts)
+        .map_err(|fault| sqlx::Error::Protocol(fault.to_string()))?;
+    for write in &writes {
+        side_write(&mut *tx, account_id, batch, write, &mut verdicts).await?;
     }
-    tx.commit().await?;
+    let outcomes = outcomes_of(batch, verdicts);
+    let part = Written {
+        batch,
+        outcomes: &outcomes,
+        rows: &rows,
+    };
+    write_batch(&mut *tx, &[part]).await?;
+    for (credit, entry_id) in paid_orders {
+        payments::mark_paid(&mut *tx, credit, entry_id).await?;
+    }
     Ok(outcomes)
 }
 
@@ -123,6 +327,15 @@ async fn lock_account(
 async fn claims_held(
     conn: &mut PgConnection,
     batch: &[LedgerRequest],
+) -> Result<Vec<bool>, sqlx::Error> {
+    let requests: Vec<&LedgerRequest> = batch.iter().collect();
+    claims_held_of(conn, &requests).await
+}
+
+/// [`claims_held`] of requests of any accounts (one statement).
+async fn claims_held_of(
+    conn: &mut PgConnection,
+    batch: &[&LedgerRequest],
 ) -> Result<Vec<bool>, sqlx::Error> {
     let claims: Vec<&idempotency::Claimed> = batch
         .iter()
@@ -319,6 +532,7 @@ async fn side_write(
 #[derive(Debug)]
 struct EntryColumns<'a> {
     id: Vec<i64>,
+    account_id: Vec<&'a str>,
     kind: Vec<&'static str>,
     amount: Vec<i64>,
     held_delta: Vec<i64>,
@@ -334,9 +548,13 @@ struct EntryColumns<'a> {
 }
 
 impl<'a> EntryColumns<'a> {
-    fn of(rows: &'a [PlannedRow]) -> Self {
+    fn of(rows: &[&'a PlannedRow]) -> Self {
         Self {
             id: rows.iter().map(|row| row.entry.entry_id).collect(),
+            account_id: rows
+                .iter()
+                .map(|row| row.entry.account_id.as_str())
+                .collect(),
             kind: rows.iter().map(|row| row.entry.kind.as_str()).collect(),
             amount: rows.iter().map(|row| row.entry.amount).collect(),
             held_delta: rows.iter().map(|row| row.held_delta).collect(),
@@ -395,8 +613,9 @@ impl<'a> AnswerColumns<'a> {
 }
 
 /// The audit rows of the batch, one array per column (`$23`-`$29`).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct AuditColumns<'a> {
+    target: Vec<&'a str>,
     actor_id: Vec<&'a str>,
     roles: Vec<String>,
     action: Vec<&'static str>,
@@ -407,22 +626,16 @@ struct AuditColumns<'a> {
 }
 
 impl<'a> AuditColumns<'a> {
-    fn of(batch: &'a [LedgerRequest], outcomes: &[Outcome]) -> Self {
-        let mut columns = Self {
-            actor_id: Vec::new(),
-            roles: Vec::new(),
-            action: Vec::new(),
-            outcome: Vec::new(),
-            request_id: Vec::new(),
-            client_ip: Vec::new(),
-            detail: Vec::new(),
-        };
+    /// Adds the audit rows of one account's batch.
+    fn add(&mut self, batch: &'a [LedgerRequest], outcomes: &[Outcome]) {
+        let columns = self;
         for (request, outcome) in batch.iter().zip(outcomes) {
             let Some(action) = request.operation.audit_action() else {
                 continue;
             };
             let (audit_outcome, detail) = audit_detail(request, &outcome.result);
             let actor = &request.actor;
+            columns.target.push(&request.account_id);
             columns.actor_id.push(&actor.id);
             let roles: Vec<&str> = actor.roles.iter().map(|role| role.as_str()).collect();
             columns.roles.push(roles.join(","));
@@ -434,8 +647,14 @@ impl<'a> AuditColumns<'a> {
                 .push(actor.client_ip.map(|ip| ip.to_string()));
             columns.detail.push(detail);
         }
-        columns
     }
+}
+
+/// One account's part of a write: its requests, their outcomes, its planned ledger rows.
+struct Written<'a> {
+    batch: &'a [LedgerRequest],
+    outcomes: &'a [Outcome],
+    rows: &'a [PlannedRow],
 }
 
 /// What the batch's statement returns: one row per ledger row written (their balances as the
@@ -451,16 +670,10 @@ struct WrittenRow {
 
 /// The batch's one write: ledger rows (the trigger applies each and computes its balances, which
 /// must equal the planned ones), idempotency answers, audit rows.
-async fn write_batch(
-    conn: &mut PgConnection,
-    account_id: &str,
-    batch: &[LedgerRequest],
-    outcomes: &[Outcome],
-    rows: &[PlannedRow],
-) -> Result<(), sqlx::Error> {
-    let completions: Vec<(&idempotency::Claimed, &StoredResponse)> = batch
+async fn write_batch(conn: &mut PgConnection, parts: &[Written<'_>]) -> Result<(), sqlx::Error> {
+    let completions: Vec<(&idempotency::Claimed, &StoredResponse)> = parts
         .iter()
-        .zip(outcomes)
+        .flat_map(|part| part.batch.iter().zip(part.outcomes))
         .filter_map(|(request, outcome)| {
             Some((
                 &request.completion.as_ref()?.claim,
@@ -468,22 +681,26 @@ async fn write_batch(
             ))
         })
         .collect();
-    let entries = EntryColumns::of(rows);
+    let rows: Vec<&PlannedRow> = parts.iter().flat_map(|part| part.rows.iter()).collect();
+    let entries = EntryColumns::of(&rows);
     let answers = AnswerColumns::of(&completions);
-    let audits = AuditColumns::of(batch, outcomes);
+    let mut audits = AuditColumns::default();
+    for part in parts {
+        audits.add(part.batch, part.outcomes);
+    }
     let written: Vec<WrittenRow> = sqlx::query_as(
         "with entries as ( \
            insert into credit_ledger (id, account_id, kind, amount, held_delta, debt_delta, \
                reference, related_entry_id, hold_id, task_id, reason, metadata, actor_id, \
                request_id, created_at) \
            overriding system value \
-           select id, $2, kind, amount, held_delta, debt_delta, reference, related, hold_id, \
-                  task_id, reason, metadata, actor_id, request_id, $3 \
-             from unnest($1::bigint[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[], \
-                         $8::text[], $9::bigint[], $10::uuid[], $11::uuid[], $12::text[], \
-                         $13::jsonb[], $14::text[], $15::text[]) with ordinality \
-                  as r(id, kind, amount, held_delta, debt_delta, reference, related, hold_id, \
-                       task_id, reason, metadata, actor_id, request_id, ord) \
+           select id, account_id, kind, amount, held_delta, debt_delta, reference, related, \
+                  hold_id, task_id, reason, metadata, actor_id, request_id, $3 \
+             from unnest($1::bigint[], $2::text[], $4::text[], $5::bigint[], $6::bigint[], \
+                         $7::bigint[], $8::text[], $9::bigint[], $10::uuid[], $11::uuid[], \
+                         $12::text[], $13::jsonb[], $14::text[], $15::text[]) with ordinality \
+                  as r(id, account_id, kind, amount, held_delta, debt_delta, reference, related, \
+                       hold_id, task_id, reason, metadata, actor_id, request_id, ord) \
             order by ord \
            returning id, balance_after, held_after, debt_after), \
          answers as ( \
@@ -500,18 +717,18 @@ async fn write_batch(
          audit as ( \
            insert into audit_access_log (actor_id, actor_roles, action, target_type, target_id, \
                outcome, request_id, client_ip, detail) \
-           select actor_id, string_to_array(roles, ','), action, 'credit_account', $2, outcome, \
-                  request_id, ip::inet, detail \
+           select actor_id, string_to_array(roles, ','), action, 'credit_account', target, \
+                  outcome, request_id, ip::inet, detail \
              from unnest($23::text[], $24::text[], $25::text[], $26::text[], $27::text[], \
-                         $28::text[], $29::jsonb[]) \
-                  as a(actor_id, roles, action, outcome, request_id, ip, detail) \
+                         $28::text[], $29::jsonb[], $30::text[]) \
+                  as a(actor_id, roles, action, outcome, request_id, ip, detail, target) \
            returning 1) \
          select e.id, e.balance_after, e.held_after, e.debt_after, \
                 (select count(*) from answers) as answered \
            from (select 1) as one left join entries e on true",
     )
     .bind(&entries.id)
-    .bind(account_id)
+    .bind(&entries.account_id)
     .bind(rows.first().map(|row| row.entry.created_at))
     .bind(&entries.kind)
     .bind(&entries.amount)
@@ -539,6 +756,7 @@ async fn write_batch(
     .bind(&audits.request_id)
     .bind(&audits.client_ip)
     .bind(&audits.detail)
+    .bind(&audits.target)
     .fetch_all(&mut *conn)
     .await?;
     // The trigger is the authority on balances: the plan must agree with it, row for row.

@@ -33,6 +33,9 @@ function nodeEnv(name, port) {
     HUB_LISTEN: `127.0.0.1:${port}`,
     HUB_NODE_ID: name,
     HUB_DEV_MODE: "true",
+    // The browser tests assert what the console shows, not load shedding (which has its own
+    // gateway test): a loaded CI machine must not turn a charge into a 503.
+    HUB_LEDGER__MAX_QUEUE_MS: "10000",
     RUST_LOG: process.env.CONSOLE_RUST_LOG || "warn",
   };
 }

@@ -704,3 +704,111 @@ async fn ledger_metrics_count_operations_batches_and_actors(db: PgPool) {
     assert!(has("ledger_mailbox_depth"), "mailbox depth gauge");
     assert!(has("ledger_account_actors"), "live actors gauge");
 }
+
+/// Honest overload: beyond the node's capacity for money work, charges are refused at once with
+/// 503, `Retry-After` and a problem+json, before their key is claimed: nothing is written for
+/// them, and each one's retry with the same key applies exactly once.
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn beyond_capacity_charges_are_shed_early_and_their_retries_apply_once(db: PgPool) {
+    let app = Arc::new(
+        crate::helpers::spawn_app_with(db, |settings| {
+            settings.ledger.max_in_flight = 2;
+            settings.ledger.max_queue_ms = 1;
+        })
+        .await,
+    );
+    // Funding goes through the same admission: retried like any client would.
+    let token = app.token("alice", &[Role::User]);
+    assert_eq!(
+        app.get("/api/v1/sessions/me", Some(&token)).await.status(),
+        StatusCode::OK
+    );
+    let finance = app.token("finance-1", &[Role::Finance]);
+    let funding = json!({"account_id": "alice", "amount": 10_000, "reason": "test funding"});
+    let funded = until_admitted(&app, "/api/v1/credits/adjust", &finance, "fund", &funding).await;
+    assert_eq!(funded, StatusCode::CREATED);
+    let mut handles = Vec::new();
+    for n in 0..60 {
+        let (app, token) = (app.clone(), token.clone());
+        handles.push(tokio::spawn(async move {
+            let key = format!("shed-{n}");
+            let response = app
+                .post_keyed(
+                    CHARGE,
+                    &token,
+                    &key,
+                    &json!({"amount": 1, "reason": "shed"}),
+                )
+                .await;
+            (key, response)
+        }));
+    }
+    let mut shed = Vec::new();
+    let mut applied = 0;
+    for handle in handles {
+        let (key, response) = handle.await.expect("join");
+        match response.status() {
+            StatusCode::CREATED => applied += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(response.headers()["retry-after"], "1");
+                assert_problem(
+                    response,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "service_unavailable",
+                )
+                .await;
+                shed.push(key);
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        !shed.is_empty(),
+        "60 concurrent charges on 2 places shed some"
+    );
+    assert_eq!(applied + shed.len(), 60);
+    let keys = count(
+        &app.db,
+        "select count(*) from idempotency_keys where key like 'shed-%'",
+    )
+    .await;
+    assert_eq!(keys, applied as i64, "a shed charge claims no key");
+    for key in &shed {
+        // A well-behaved client retries after Retry-After, with the same key.
+        let body = json!({"amount": 1, "reason": "shed"});
+        assert_eq!(
+            until_admitted(&app, CHARGE, &token, key, &body).await,
+            StatusCode::CREATED
+        );
+    }
+    let rows = count(
+        &app.db,
+        "select count(*) from credit_ledger where account_id = 'alice' and kind = 'charge'",
+    )
+    .await;
+    assert_eq!(rows, 60, "every charge applied once");
+    let available = count(
+        &app.db,
+        "select available from credit_accounts where id = 'alice'",
+    )
+    .await;
+    assert_eq!(available, 10_000 - 60);
+}
+
+/// Sends a keyed request until the node admits it (at most 200 tries); its final status.
+async fn until_admitted(
+    app: &crate::helpers::TestApp,
+    path: &str,
+    token: &str,
+    key: &str,
+    body: &Value,
+) -> StatusCode {
+    for _ in 0..200 {
+        let status = app.post_keyed(path, token, key, body).await.status();
+        if status != StatusCode::SERVICE_UNAVAILABLE {
+            return status;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    StatusCode::SERVICE_UNAVAILABLE
+}
