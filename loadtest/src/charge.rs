@@ -171,7 +171,8 @@ async fn charge(
             let status = response.status().as_u16();
             // Drain the body so the connection goes back to the pool.
             let _ = response.bytes().await;
-            if status >= 500 {
+            // 503 is the node shedding load (nothing done, retry later), not a failure.
+            if status >= 500 && status != 503 {
                 "5xx".to_owned()
             } else {
                 status.to_string()

@@ -35,6 +35,8 @@ run_console_tests() {
   log "browser tests of the console (chromium, playwright-core)"
   (
     cd gateway/console
+    # The nodes and `gateway token` (which mints the tests' service and admin tokens) share it.
+    HUB_JWT_SECRET=${HUB_JWT_SECRET:-console-tests-secret-0123456789-0123456789} \
     GATEWAY=$gateway DATABASE_URL=$url SANDBOX_URL=http://127.0.0.1:$sandbox_port \
       SANDBOX_ENV=$sandbox_dir/hub.env CONSOLE_LOG_DIR=$logs \
       CONSOLE_SCREENSHOTS=$PWD/../../target/console-screenshots CONSOLE_PORT_A=$port_a \

@@ -63,6 +63,9 @@ function applyTheme(theme) {
     root.style.removeProperty("--accent");
   }
   $("theme-mode").value = theme.mode;
+  $("theme-density").value = theme.density;
+  // A #rrggbb accent has no palette entry: the select shows none of them.
+  $("theme-accent").value = theme.accent.startsWith("#") ? "" : theme.accent;
 }
 
 async function saveTheme(change) {
@@ -248,6 +251,12 @@ async function boot() {
   $("theme-mode").addEventListener("change", (event) => {
     if (ctx.me) saveTheme({ mode: event.target.value });
     else applyTheme({ mode: event.target.value, density: "comfortable", accent: "ocean" });
+  });
+  $("theme-accent").addEventListener("change", (event) => {
+    if (ctx.me) saveTheme({ accent: event.target.value });
+  });
+  $("theme-density").addEventListener("change", (event) => {
+    if (ctx.me) saveTheme({ density: event.target.value });
   });
   $("lang").addEventListener("change", (event) => {
     setLang(event.target.value);

@@ -312,8 +312,13 @@ test("the theme switch applies at once and is kept by the server", async () => {
   assert.equal(background, "rgb(20, 23, 27)", "dark colours applied");
   assert.equal(await page.evaluate(() => window.__marker), marker, "no reload");
   await shot(page, "12-dark-theme");
+  await page.getByTestId("theme-density").selectOption("compact");
+  await page.locator("html[data-density=compact]").waitFor();
+  await page.getByTestId("theme-accent").selectOption("creator");
+  await page.locator("html[data-accent=creator]").waitFor();
+  assert.equal(await page.evaluate(() => window.__marker), marker, "still no reload");
   const me = await call(A.base, "GET", "/api/v1/sessions/me", mint("themer", ["user"]));
-  assert.equal(me.theme.mode, "dark");
+  assert.deepEqual(me.theme, { mode: "dark", accent: "creator", density: "compact" });
   await page.reload();
   await page.locator("html[data-theme=dark]").waitFor();
   await page.getByTestId("theme-mode").selectOption("light");
