@@ -46,10 +46,13 @@ pub(crate) struct Committer {
 }
 
 /// How long batches wait for a committer, as last seen: the wait of the oldest batch of the
-/// latest group and when that group started (microseconds since `base`).
+/// latest group and when that group started (microseconds since `base`), and how many committers
+/// are applying a group now.
 #[derive(Debug)]
 struct Delay {
     base: Instant,
+    committers: usize,
+    busy: AtomicUsize,
     last_wait_us: AtomicU64,
     last_start_us: AtomicU64,
 }
@@ -58,18 +61,35 @@ struct Delay {
 const FRESH: Duration = Duration::from_millis(100);
 
 impl Delay {
+    fn new(committers: usize) -> Self {
+        Self {
+            base: Instant::now(),
+            committers,
+            busy: AtomicUsize::new(0),
+            last_wait_us: AtomicU64::new(0),
+            last_start_us: AtomicU64::new(0),
+        }
+    }
+
     fn now_us(&self) -> u64 {
         self.base.elapsed().as_micros() as u64
     }
 
+    /// A committer took a group whose oldest batch waited `waited`.
     fn started(&self, waited: Duration) {
+        self.busy.fetch_add(1, Ordering::AcqRel);
         self.last_wait_us
             .store(waited.as_micros() as u64, Ordering::Release);
         self.last_start_us.store(self.now_us(), Ordering::Release);
     }
 
-    /// The queueing delay now: the last group's wait while fresh; with batches waiting, at least
-    /// the time since a committer last took any (every committer is busy that long).
+    /// A committer finished its group.
+    fn finished(&self) {
+        self.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// The queueing delay now: the last group's wait while fresh; when batches wait and every
+    /// committer is busy, at least the time since the last one started (none is free since).
     fn current(&self, depth: usize) -> Duration {
         let since_start = Duration::from_micros(
             self.now_us()
@@ -81,7 +101,8 @@ impl Delay {
         } else {
             Duration::ZERO
         };
-        if depth > 0 {
+        let blocked = depth > 0 && self.busy.load(Ordering::Acquire) >= self.committers;
+        if blocked {
             fresh.max(since_start)
         } else {
             fresh
@@ -95,20 +116,7 @@ impl Committer {
         let (queue, receiver) = mpsc::unbounded_channel();
         let receiver = Arc::new(Mutex::new(receiver));
         let depth = Arc::new(AtomicUsize::new(0));
-        let delay = Arc::new(Delay {
-            base: Instant::now(),
-            last_wait_us: AtomicU64::new(0),
-            last_start_us: AtomicU64::new(0),
-        });
-        metrics::describe_histogram!(
-            "ledger_group_accounts",
-            "Accounts whose batches one ledger transaction applied (group commit)"
-        );
-        metrics::describe_histogram!(
-            "ledger_commit_wait_seconds",
-            metrics::Unit::Seconds,
-            "Time a ready account batch waited for a committer"
-        );
+        let delay = Arc::new(Delay::new(committers.max(1)));
         for _ in 0..committers.max(1) {
             tokio::spawn(run(
                 pool.clone(),
@@ -192,7 +200,9 @@ async fn run(
             metrics::histogram!("ledger_commit_wait_seconds").record(waited.as_secs_f64());
         }
         // A panic ends that task only: its batches' actors learn they were lost.
-        if let Err(error) = tokio::spawn(commit_group(pool.clone(), jobs)).await {
+        let outcome = tokio::spawn(commit_group(pool.clone(), jobs)).await;
+        delay.finished();
+        if let Err(error) = outcome {
             tracing::error!(%error, "a ledger committer's group panicked");
             metrics::counter!("ledger_actor_failures_total").increment(1);
         }
@@ -267,5 +277,37 @@ fn copy(error: &sqlx::Error) -> sqlx::Error {
         sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
         sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
         other => sqlx::Error::Protocol(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_committer_means_no_queueing_delay_whatever_waited_long_ago() {
+        let delay = Delay::new(2);
+        // Long idle, then a burst: batches wait, but a committer is free.
+        std::thread::sleep(FRESH + Duration::from_millis(20));
+        assert_eq!(delay.current(5), Duration::ZERO);
+        // One committer busy out of two: still one free.
+        delay.started(Duration::from_millis(1));
+        assert!(delay.current(5) < Duration::from_millis(5));
+    }
+
+    #[test]
+    fn every_committer_busy_with_batches_waiting_counts_the_time_since_the_last_start() {
+        let delay = Delay::new(2);
+        delay.started(Duration::from_millis(3));
+        delay.started(Duration::from_millis(4));
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(delay.current(3) >= Duration::from_millis(30));
+        // Nothing waits: only the last group's (fresh) wait.
+        assert_eq!(delay.current(0), Duration::from_millis(4));
+        delay.finished();
+        assert!(
+            delay.current(3) < Duration::from_millis(30),
+            "a committer is free again"
+        );
     }
 }
