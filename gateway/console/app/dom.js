@@ -8,6 +8,7 @@ export function h(tag, attrs = {}, ...children) {
     if (value === undefined || value === null || value === false) continue;
     if (name === "dataset") Object.assign(element.dataset, value);
     else if (name === "testid") element.dataset.testid = value;
+    else if (name === "onsubmit") element.addEventListener("submit", once(element, value));
     else if (name.startsWith("on")) element.addEventListener(name.slice(2), value);
     else if (name === "class") element.className = value;
     else if (name === "text") element.textContent = value;
@@ -16,6 +17,28 @@ export function h(tag, attrs = {}, ...children) {
   }
   append(element, children);
   return element;
+}
+
+/**
+ * A form's submit handler that runs one at a time: while it works, the form's buttons are disabled
+ * and another submit (a double click, Enter pressed twice) does nothing, so one action is sent once.
+ */
+function once(form, handler) {
+  return async (event) => {
+    if (form.dataset.busy) {
+      event.preventDefault();
+      return;
+    }
+    form.dataset.busy = "true";
+    const buttons = [...form.querySelectorAll("button")];
+    for (const button of buttons) button.disabled = true;
+    try {
+      await handler(event);
+    } finally {
+      delete form.dataset.busy;
+      for (const button of buttons) button.disabled = false;
+    }
+  };
 }
 
 function append(element, children) {

@@ -134,8 +134,13 @@ test("balance and a charge, live; a license check allowed and refused", async ()
   await expectText(page.getByTestId("balance-available"), "500");
   await page.getByTestId("nav-wallet").click();
   await page.getByTestId("charge-amount").fill("40");
-  await page.getByTestId("charge-submit").click();
+  // A careless double click sends one charge.
+  await page.getByTestId("charge-submit").dblclick();
   await expectText(page.getByTestId("balance-available"), "460");
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  const ledger = await call(A.base, "GET", "/api/v1/credits/ledger", mint(`charger-${RUN}`, ["user"]));
+  assert.equal(ledger.items.filter((entry) => entry.kind === "charge").length, 1, "one charge for a double click");
+  assert.equal(await page.getByTestId("balance-available").textContent(), "460");
   await expectText(page.getByTestId("charge-result"), (text) => text.includes("40"));
   await page.getByTestId("ledger-row").first().waitFor();
   await shot(page, "03-wallet");
@@ -261,8 +266,12 @@ test("an auditor searches the access log and exports it", async () => {
   await page.getByTestId("nav-audit").click();
   await page.getByTestId("audit-action").fill("credits.refund");
   await page.getByTestId("audit-search").click();
+  // The page opens with every row; the filtered answer replaces them.
+  const others = page.locator("[data-testid=audit-row]:not([data-action='credits.refund'])");
+  const deadline = Date.now() + 15000;
+  while ((await others.count()) > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
+  assert.equal(await others.count(), 0, "only the filtered action");
   await page.locator("[data-testid=audit-row][data-action='credits.refund']").first().waitFor();
-  assert.equal(await page.locator("[data-testid=audit-row]:not([data-action='credits.refund'])").count(), 0);
   await shot(page, "10-audit");
   await page.getByTestId("export-kind").selectOption("access_logs");
   await page.getByTestId("export-format").selectOption("ndjson");
