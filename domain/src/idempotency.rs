@@ -434,26 +434,8 @@ impl Claimer {
     }
 }
 
-async fn run_claims(
-    pool: PgPool,
-    receiver: std::sync::Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<ClaimJob>>>,
-    max_batch: usize,
-) {
-    loop {
-        let jobs = {
-            let mut receiver = receiver.lock().await;
-            let Some(first) = receiver.recv().await else {
-                return;
-            };
-            let mut jobs = vec![first];
-            while jobs.len() < max_batch {
-                match receiver.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
-            }
-            jobs
-        };
+async fn run_claims(pool: PgPool, receiver: crate::queue::Shared<ClaimJob>, max_batch: usize) {
+    while let Some(jobs) = crate::queue::take_batch(&receiver, max_batch).await {
         metrics::histogram!("idempotency_claim_batch_size").record(jobs.len() as f64);
         if let Err(error) = tokio::spawn(claim_batch(pool.clone(), jobs)).await {
             tracing::error!(%error, "an idempotency claim batch panicked");

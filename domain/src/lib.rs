@@ -13,6 +13,7 @@ pub mod licenses;
 pub mod payments;
 pub mod price_rules;
 pub mod pricing;
+mod queue;
 pub mod reconciliation;
 pub mod seed;
 pub mod sessions;

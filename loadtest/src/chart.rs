@@ -230,76 +230,69 @@ pub fn write_ramp(path: &Path, points: &[RampPoint]) -> anyhow::Result<()> {
         .map(|p| p.accepted.max(p.shed).max(p.offered))
         .fold(1.0_f64, f64::max)
         * 1.1;
-    let mut rates = ChartBuilder::on(&top)
-        .caption("charge ramp: answers per second", ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(30)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..offered_max, 0.0..rate_max)
-        .map_err(chart_error)?;
-    rates
-        .configure_mesh()
-        .x_desc("offered charges/s")
-        .y_desc("per second")
-        .draw()
-        .map_err(chart_error)?;
-    let series: [Series; 3] = [
-        ("accepted", GREEN, |p| p.accepted),
-        ("shed (503/429)", BLUE, |p| p.shed),
-        ("failed (5xx, errors)", RED, |p| p.failed),
-    ];
-    for (name, color, pick) in series {
-        rates
-            .draw_series(LineSeries::new(
-                points.iter().map(|p| (p.offered, pick(p))),
-                color.stroke_width(2),
-            ))
-            .map_err(chart_error)?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2)));
-    }
-    rates
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()
-        .map_err(chart_error)?;
+    ramp_panel(
+        &top,
+        ("charge ramp: answers per second", "per second"),
+        (offered_max, rate_max),
+        points,
+        [
+            ("accepted", GREEN, |p| p.accepted),
+            ("shed (503/429)", BLUE, |p| p.shed),
+            ("failed (5xx, errors)", RED, |p| p.failed),
+        ],
+    )?;
     let latency_max = points.iter().map(|p| p.p99_ms).fold(1.0_f64, f64::max) * 1.1;
-    let mut latency = ChartBuilder::on(&bottom)
-        .caption("latency of accepted charges", ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(30)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..offered_max, 0.0..latency_max)
-        .map_err(chart_error)?;
-    latency
-        .configure_mesh()
-        .x_desc("offered charges/s")
-        .y_desc("ms")
-        .draw()
-        .map_err(chart_error)?;
-    let series: [Series; 3] = [
-        ("p50", BLUE, |p| p.p50_ms),
-        ("p95", MAGENTA, |p| p.p95_ms),
-        ("p99", RED, |p| p.p99_ms),
-    ];
-    for (name, color, pick) in series {
-        latency
-            .draw_series(LineSeries::new(
-                points.iter().map(|p| (p.offered, pick(p))),
-                color.stroke_width(2),
-            ))
-            .map_err(chart_error)?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2)));
-    }
-    latency
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()
-        .map_err(chart_error)?;
+    ramp_panel(
+        &bottom,
+        ("latency of accepted charges", "ms"),
+        (offered_max, latency_max),
+        points,
+        [
+            ("p50", BLUE, |p| p.p50_ms),
+            ("p95", MAGENTA, |p| p.p95_ms),
+            ("p99", RED, |p| p.p99_ms),
+        ],
+    )?;
     root.present().map_err(chart_error)?;
     println!("chart written to {}", path.display());
     Ok(())
+}
+
+/// One panel of the ramp chart: `series` against the offered rate.
+fn ramp_panel(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    (caption, y_desc): (&str, &str),
+    (x_max, y_max): (f64, f64),
+    points: &[RampPoint],
+    series: [Series; 3],
+) -> anyhow::Result<()> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+        .map_err(chart_error)?;
+    chart
+        .configure_mesh()
+        .x_desc("offered charges/s")
+        .y_desc(y_desc)
+        .draw()
+        .map_err(chart_error)?;
+    for (name, color, pick) in series {
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().map(|p| (p.offered, pick(p))),
+                color.stroke_width(2),
+            ))
+            .map_err(chart_error)?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(chart_error)
 }

@@ -172,26 +172,12 @@ impl Committer {
 /// One committer: takes what is waiting, applies it in one transaction, answers, again.
 async fn run(
     pool: PgPool,
-    receiver: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>,
+    receiver: crate::queue::Shared<Job>,
     max_group: usize,
     depth: Arc<AtomicUsize>,
     delay: Arc<Delay>,
 ) {
-    loop {
-        let jobs = {
-            let mut receiver = receiver.lock().await;
-            let Some(first) = receiver.recv().await else {
-                return;
-            };
-            let mut jobs = vec![first];
-            while jobs.len() < max_group {
-                match receiver.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
-            }
-            jobs
-        };
+    while let Some(jobs) = crate::queue::take_batch(&receiver, max_group).await {
         depth.fetch_sub(jobs.len(), Ordering::AcqRel);
         metrics::histogram!("ledger_group_accounts").record(jobs.len() as f64);
         if let Some(first) = jobs.first() {

@@ -199,6 +199,7 @@ async fn plan_part<'a>(
     claims_held: Vec<bool>,
 ) -> Result<PlannedPart<'a>, sqlx::Error> {
     let facts = match account {
+        // Nothing to read for an account that does not exist: every request fails.
         None => Facts {
             claims_held,
             ..Facts::default()
@@ -251,38 +252,17 @@ async fn apply(
 ) -> Result<Vec<Outcome>, sqlx::Error> {
     let account = lock_account(&mut *tx, account_id, plan::ids_needed(batch)).await?;
     let claims_held = claims_held(&mut *tx, batch).await?;
-    let facts = match account {
-        // Nothing to read for an account that does not exist: every request fails.
-        None => Facts {
-            claims_held,
-            ..Facts::default()
-        },
-        Some(account) => {
-            let needs = plan::needs(batch, &claims_held);
-            read_facts(&mut *tx, account_id, &needs, account, claims_held).await?
-        }
-    };
-    let Planned {
-        mut verdicts,
-        rows,
-        writes,
-        paid_orders,
-    } = plan::plan(account_id, batch, facts)
-        .map_err(|fault| sqlx::Error::Protocol(fault.to_string()))?;
-    for write in &writes {
-        side_write(&mut *tx, account_id, batch, write, &mut verdicts).await?;
-    }
-    let outcomes = outcomes_of(batch, verdicts);
-    let part = Written {
+    let part = plan_part(&mut *tx, account_id, batch, account, claims_held).await?;
+    let written = Written {
         batch,
-        outcomes: &outcomes,
-        rows: &rows,
+        outcomes: &part.outcomes,
+        rows: &part.rows,
     };
-    write_batch(&mut *tx, &[part]).await?;
-    for (credit, entry_id) in paid_orders {
+    write_batch(&mut *tx, &[written]).await?;
+    for (credit, entry_id) in part.paid_orders {
         payments::mark_paid(&mut *tx, credit, entry_id).await?;
     }
-    Ok(outcomes)
+    Ok(part.outcomes)
 }
 
 /// The account row with the transaction's clock and the batch's ledger ids.
