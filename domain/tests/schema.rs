@@ -95,7 +95,7 @@ async fn a_charge_that_would_make_available_negative_is_rejected(pool: PgPool) {
 
     assert_eq!(
         domain::error::violated_constraint(&error),
-        Some("credit_accounts_available_check")
+        Some("credit_ledger_balance_after_check")
     );
     let rows: i64 = sqlx::query_scalar("select count(*) from credit_ledger where kind = 'charge'")
         .fetch_one(&pool)
@@ -310,4 +310,172 @@ async fn futures_join(
         results.push(task.await.expect("join"));
     }
     results
+}
+
+/// The balances (available, held, debt) of an account and the sums of its ledger deltas.
+async fn balances_and_sums(pool: &PgPool, id: &str) -> ((i64, i64, i64), (i64, i64, i64)) {
+    let balances =
+        sqlx::query_as("select available, held, debt from credit_accounts where id = $1")
+            .bind(id)
+            .fetch_one(pool)
+            .await
+            .expect("balances");
+    let sums = sqlx::query_as(
+        "select coalesce(sum(amount), 0)::bigint, coalesce(sum(held_delta), 0)::bigint, \
+                coalesce(sum(debt_delta), 0)::bigint \
+           from credit_ledger where account_id = $1",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .expect("sums");
+    (balances, sums)
+}
+
+/// A ledger row carrying its balance: `(id, account, kind, amount, balance_after)`, held and debt
+/// untouched.
+type RowWithBalance<'a> = (i64, &'a str, &'a str, i64, i64);
+
+/// Inserts ledger rows that carry their balances, as the ledger's batch writer does.
+async fn insert_with_balances(
+    pool: &PgPool,
+    rows: &[RowWithBalance<'_>],
+) -> Result<u64, sqlx::Error> {
+    let ids: Vec<i64> = rows.iter().map(|row| row.0).collect();
+    let accounts: Vec<&str> = rows.iter().map(|row| row.1).collect();
+    let kinds: Vec<&str> = rows.iter().map(|row| row.2).collect();
+    let amounts: Vec<i64> = rows.iter().map(|row| row.3).collect();
+    let afters: Vec<i64> = rows.iter().map(|row| row.4).collect();
+    sqlx::query(
+        "insert into credit_ledger (id, account_id, kind, amount, actor_id, balance_after, \
+             held_after, debt_after) \
+         overriding system value \
+         select id, account_id, kind, amount, 'test', balance_after, 0, 0 \
+           from unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) \
+                as r(id, account_id, kind, amount, balance_after)",
+    )
+    .bind(&ids)
+    .bind(&accounts)
+    .bind(&kinds)
+    .bind(&amounts)
+    .bind(&afters)
+    .execute(pool)
+    .await
+    .map(|done| done.rows_affected())
+}
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn rows_carrying_their_balances_move_each_account_once_to_where_its_last_row_ends(
+    pool: PgPool,
+) {
+    funded_account(&pool, "alice", 100).await;
+    funded_account(&pool, "bob", 20).await;
+
+    let written = insert_with_balances(
+        &pool,
+        &[
+            (1001, "alice", "charge", -30, 70),
+            (1002, "bob", "charge", -5, 15),
+            (1003, "alice", "charge", -20, 50),
+            (1004, "alice", "adjustment", 7, 57),
+        ],
+    )
+    .await
+    .expect("a chain starting from the balances is written");
+
+    assert_eq!(written, 4);
+    assert_eq!(
+        balances_and_sums(&pool, "alice").await,
+        ((57, 0, 0), (57, 0, 0))
+    );
+    assert_eq!(
+        balances_and_sums(&pool, "bob").await,
+        ((15, 0, 0), (15, 0, 0))
+    );
+}
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn rows_whose_balances_do_not_follow_on_from_the_account_are_refused_and_change_nothing(
+    pool: PgPool,
+) {
+    funded_account(&pool, "alice", 100).await;
+    funded_account(&pool, "bob", 20).await;
+    let refused: [&[RowWithBalance<'_>]; 4] = [
+        // Starts from 110, not from alice's 100 (and ends where she is now: still refused).
+        &[(1001, "alice", "charge", -10, 100)],
+        // The second row does not start where the first ended.
+        &[
+            (1001, "alice", "charge", -30, 70),
+            (1002, "alice", "charge", -20, 60),
+        ],
+        // Right for alice, wrong for bob: the whole statement goes.
+        &[
+            (1001, "alice", "charge", -30, 70),
+            (1002, "bob", "charge", -5, 16),
+        ],
+        // The chain holds but dips below zero.
+        &[
+            (1001, "bob", "charge", -30, -10),
+            (1002, "bob", "adjustment", 30, 20),
+        ],
+    ];
+
+    for rows in refused {
+        let error = insert_with_balances(&pool, rows)
+            .await
+            .expect_err("a broken chain must fail");
+        assert_eq!(
+            sqlstate(&error).as_deref(),
+            Some("23514"),
+            "{rows:?}: {error}"
+        );
+    }
+
+    assert_eq!(
+        balances_and_sums(&pool, "alice").await,
+        ((100, 0, 0), (100, 0, 0))
+    );
+    assert_eq!(
+        balances_and_sums(&pool, "bob").await,
+        ((20, 0, 0), (20, 0, 0))
+    );
+}
+
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn rows_without_balances_get_them_one_per_account_per_statement(pool: PgPool) {
+    funded_account(&pool, "alice", 100).await;
+    funded_account(&pool, "bob", 20).await;
+
+    sqlx::query(
+        "insert into credit_ledger (account_id, kind, amount, actor_id) \
+         values ('alice', 'charge', -30, 't'), ('bob', 'charge', -5, 't')",
+    )
+    .execute(&pool)
+    .await
+    .expect("one row per account is filled in");
+    let twice = sqlx::query(
+        "insert into credit_ledger (account_id, kind, amount, actor_id) \
+         values ('alice', 'charge', -1, 't'), ('alice', 'charge', -2, 't')",
+    )
+    .execute(&pool)
+    .await
+    .expect_err("two rows of one account without balances cannot both start from it");
+
+    assert_eq!(sqlstate(&twice).as_deref(), Some("23514"));
+    assert_eq!(
+        balances_and_sums(&pool, "alice").await,
+        ((70, 0, 0), (70, 0, 0))
+    );
+    assert_eq!(
+        balances_and_sums(&pool, "bob").await,
+        ((15, 0, 0), (15, 0, 0))
+    );
+    let missing = sqlx::query(
+        "insert into credit_ledger (account_id, kind, amount, actor_id) \
+         values ('nobody', 'adjustment', 5, 't')",
+    )
+    .execute(&pool)
+    .await
+    .expect_err("no account, no row");
+    assert_eq!(sqlstate(&missing).as_deref(), Some("23503"));
 }

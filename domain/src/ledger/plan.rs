@@ -2,8 +2,8 @@
 //! running balances and the facts the store read beforehand (the locked account, the charges,
 //! holds, tasks and orders the batch names), giving every request's result and the rows to write.
 //! Pure: no SQL, no IO, so the rules are unit-tested without a database ([`store`] reads the
-//! facts and writes the plan; the ledger trigger then recomputes every balance, and the store
-//! refuses the batch if the trigger disagrees).
+//! facts and writes the plan, balances included; the ledger's statement trigger then checks that
+//! each account's rows follow on from its locked balances, and fails the batch if they do not).
 //!
 //! [`store`]: super::store
 
@@ -179,11 +179,11 @@ pub enum Verdict {
     Decided(Result<Applied, DomainError>),
 }
 
-/// A ledger row to insert, with what the trigger must compute for it.
+/// A ledger row to insert, with the balances it leaves.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedRow {
-    /// The row as it will read once written (its balances are the plan's, checked against the
-    /// trigger's).
+    /// The row as it will read once written (its balances are the plan's, checked by the
+    /// statement trigger against the account's).
     pub entry: LedgerEntry,
     /// Change of the held balance.
     pub held_delta: i64,
@@ -343,7 +343,7 @@ struct NewEntry<'a> {
     metadata: Option<&'a serde_json::Value>,
 }
 
-/// The batch being planned: balances as the trigger will leave them, the facts as the writes
+/// The batch being planned: balances as the rows so far leave them, the facts as the writes
 /// planned so far leave them, and the plan.
 #[derive(Debug)]
 struct Planner<'a, 'b> {
@@ -365,7 +365,7 @@ struct Planner<'a, 'b> {
 }
 
 impl<'a> Planner<'a, '_> {
-    /// Plans one row: assigns its id and moves the balances as the trigger will.
+    /// Plans one row: assigns its id and moves the running balances.
     fn entry(
         &mut self,
         kind: EntryKind,

@@ -5,9 +5,10 @@
 //! they change: tasks, holds, orders) with one statement per kind, and [`plan`]
 //! decides every request in memory against the running balances, so a request that lacks funds
 //! fails alone and writes nothing while the others apply. The planned task and hold writes follow
-//! in plan order; the ledger trigger applies each ledger row to the account; the ledger rows,
-//! the idempotency answers and the audit rows of the whole batch are written with one statement,
-//! inside the same transaction: a commit has every charge together with its stored response.
+//! in plan order; the ledger rows (with their planned balances), the idempotency answers and the
+//! audit rows of the whole batch are written with one statement, whose trigger checks the rows
+//! follow on from the locked balances and moves every account once; all inside the same
+//! transaction: a commit has every charge together with its stored response.
 
 use super::plan::{self, Facts, Planned, PlannedRow, SideWrite, Verdict};
 use super::{Applied, LedgerRequest, Operation, Outcome};
@@ -508,7 +509,8 @@ async fn side_write(
     Ok(())
 }
 
-/// The batch's ledger rows, one array per column (`unnest` arguments `$1`, `$4`-`$15`).
+/// The batch's ledger rows, one array per column (`unnest` arguments `$1`, `$4`-`$15`,
+/// `$31`-`$33`).
 #[derive(Debug)]
 struct EntryColumns<'a> {
     id: Vec<i64>,
@@ -517,6 +519,9 @@ struct EntryColumns<'a> {
     amount: Vec<i64>,
     held_delta: Vec<i64>,
     debt_delta: Vec<i64>,
+    balance_after: Vec<i64>,
+    held_after: Vec<i64>,
+    debt_after: Vec<i64>,
     reference: Vec<Option<&'a str>>,
     related_entry_id: Vec<Option<i64>>,
     hold_id: Vec<Option<Uuid>>,
@@ -539,6 +544,9 @@ impl<'a> EntryColumns<'a> {
             amount: rows.iter().map(|row| row.entry.amount).collect(),
             held_delta: rows.iter().map(|row| row.held_delta).collect(),
             debt_delta: rows.iter().map(|row| row.debt_delta).collect(),
+            balance_after: rows.iter().map(|row| row.entry.balance_after).collect(),
+            held_after: rows.iter().map(|row| row.entry.held_after).collect(),
+            debt_after: rows.iter().map(|row| row.entry.debt_after).collect(),
             reference: rows
                 .iter()
                 .map(|row| row.entry.reference.as_deref())
@@ -637,19 +645,16 @@ struct Written<'a> {
     rows: &'a [PlannedRow],
 }
 
-/// What the batch's statement returns: one row per ledger row written (their balances as the
-/// trigger computed them), or one row of nulls when there was none; `answered` on every row.
+/// What the batch's statement returns: how many ledger rows it wrote and answers it stored.
 #[derive(Debug, sqlx::FromRow)]
-struct WrittenRow {
-    id: Option<i64>,
-    balance_after: Option<i64>,
-    held_after: Option<i64>,
-    debt_after: Option<i64>,
+struct WrittenCounts {
+    entries: i64,
     answered: i64,
 }
 
-/// The batch's one write: ledger rows (the trigger applies each and computes its balances, which
-/// must equal the planned ones), idempotency answers, audit rows.
+/// The batch's one write: ledger rows with their planned balances (the statement trigger
+/// `credit_ledger_settle` checks they follow on from each account's locked balances and moves the
+/// accounts, or fails the statement), idempotency answers, audit rows.
 async fn write_batch(conn: &mut PgConnection, parts: &[Written<'_>]) -> Result<(), sqlx::Error> {
     let completions: Vec<(&idempotency::Claimed, &StoredResponse)> = parts
         .iter()
@@ -668,21 +673,24 @@ async fn write_batch(conn: &mut PgConnection, parts: &[Written<'_>]) -> Result<(
     for part in parts {
         audits.add(part.batch, part.outcomes);
     }
-    let written: Vec<WrittenRow> = sqlx::query_as(
+    let written: WrittenCounts = sqlx::query_as(
         "with entries as ( \
            insert into credit_ledger (id, account_id, kind, amount, held_delta, debt_delta, \
                reference, related_entry_id, hold_id, task_id, reason, metadata, actor_id, \
-               request_id, created_at) \
+               request_id, created_at, balance_after, held_after, debt_after) \
            overriding system value \
            select id, account_id, kind, amount, held_delta, debt_delta, reference, related, \
-                  hold_id, task_id, reason, metadata, actor_id, request_id, $3 \
+                  hold_id, task_id, reason, metadata, actor_id, request_id, $3, \
+                  balance_after, held_after, debt_after \
              from unnest($1::bigint[], $2::text[], $4::text[], $5::bigint[], $6::bigint[], \
                          $7::bigint[], $8::text[], $9::bigint[], $10::uuid[], $11::uuid[], \
-                         $12::text[], $13::jsonb[], $14::text[], $15::text[]) with ordinality \
+                         $12::text[], $13::jsonb[], $14::text[], $15::text[], $31::bigint[], \
+                         $32::bigint[], $33::bigint[]) with ordinality \
                   as r(id, account_id, kind, amount, held_delta, debt_delta, reference, related, \
-                       hold_id, task_id, reason, metadata, actor_id, request_id, ord) \
+                       hold_id, task_id, reason, metadata, actor_id, request_id, balance_after, \
+                       held_after, debt_after, ord) \
             order by ord \
-           returning id, balance_after, held_after, debt_after), \
+           returning id), \
          answers as ( \
            update idempotency_keys k \
               set status = 'completed', response_status = u.status, response_body = u.body, \
@@ -703,9 +711,8 @@ async fn write_batch(conn: &mut PgConnection, parts: &[Written<'_>]) -> Result<(
                          $28::text[], $29::jsonb[], $30::text[]) \
                   as a(actor_id, roles, action, outcome, request_id, ip, detail, target) \
            returning 1) \
-         select e.id, e.balance_after, e.held_after, e.debt_after, \
-                (select count(*) from answers) as answered \
-           from (select 1) as one left join entries e on true",
+         select (select count(*) from entries) as entries, \
+                (select count(*) from answers) as answered",
     )
     .bind(&entries.id)
     .bind(&entries.account_id)
@@ -737,41 +744,18 @@ async fn write_batch(conn: &mut PgConnection, parts: &[Written<'_>]) -> Result<(
     .bind(&audits.client_ip)
     .bind(&audits.detail)
     .bind(&audits.target)
-    .fetch_all(&mut *conn)
+    .bind(&entries.balance_after)
+    .bind(&entries.held_after)
+    .bind(&entries.debt_after)
+    .fetch_one(&mut *conn)
     .await?;
-    // The trigger is the authority on balances: the plan must agree with it, row for row.
-    let planned: HashMap<i64, &shared::credits::LedgerEntry> = rows
-        .iter()
-        .map(|row| (row.entry.entry_id, &row.entry))
-        .collect();
-    let answered = written.first().map_or(0, |row| row.answered);
-    if answered != completions.len() as i64 {
+    if written.answered != completions.len() as i64 {
         // Cannot happen while the claims are locked; if it did, roll everything back.
         return Err(sqlx::Error::Protocol(
             "an idempotency claim of the batch was not held at completion".into(),
         ));
     }
-    let mut entries = 0;
-    for row in &written {
-        let Some(id) = row.id else {
-            continue;
-        };
-        entries += 1;
-        let actual = (row.balance_after, row.held_after, row.debt_after);
-        let agrees = planned.get(&id).is_some_and(|entry| {
-            (
-                Some(entry.balance_after),
-                Some(entry.held_after),
-                Some(entry.debt_after),
-            ) == actual
-        });
-        if !agrees {
-            return Err(sqlx::Error::Protocol(format!(
-                "ledger entry {id}: planned balances differ from the database's {actual:?}"
-            )));
-        }
-    }
-    if entries != rows.len() {
+    if written.entries != rows.len() as i64 {
         return Err(sqlx::Error::Protocol(
             "the ledger batch wrote other rows than planned".into(),
         ));
