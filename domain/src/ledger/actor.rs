@@ -44,7 +44,7 @@ impl Default for LedgerConfig {
             max_pending: 10_000,
             idle_timeout: Duration::from_secs(30),
             max_group: 64,
-            committers: 6,
+            committers: 3,
         }
     }
 }
