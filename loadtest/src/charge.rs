@@ -102,6 +102,9 @@ struct OpenLoopReport {
     latency: Latency,
     /// The latency of the charges accepted (2xx).
     accepted_latency: Latency,
+    /// How late each charge left the generator (from its scheduled send to the start of its
+    /// request): the part of the latency that is the generator's own, when it is short of CPU.
+    send_lag: Latency,
     /// Charges accepted (2xx) per second of the step.
     accepted_per_second: f64,
     outcomes: Outcomes,
@@ -280,6 +283,7 @@ async fn open_loop(
     let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
     let histogram = Arc::new(Mutex::new(report::histogram()));
     let accepted = Arc::new(Mutex::new(report::histogram()));
+    let lag = Arc::new(Mutex::new(report::histogram()));
     let outcomes = Arc::new(Mutex::new(Outcomes::new()));
     let progress = bar(planned, "open loop");
     let started = tokio::time::Instant::now();
@@ -297,14 +301,18 @@ async fn open_loop(
         );
         let token = users[user_index].1.clone();
         let (client, target, key) = (client.clone(), target.clone(), format!("{run}-{n}"));
-        let (histogram, accepted, outcomes, progress) = (
+        let (histogram, accepted, lag, outcomes, progress) = (
             histogram.clone(),
             accepted.clone(),
+            lag.clone(),
             outcomes.clone(),
             progress.clone(),
         );
         let amount = args.amount;
         tasks.spawn(async move {
+            if let Ok(mut lag) = lag.lock() {
+                report::record(&mut lag, scheduled.elapsed());
+            }
             let outcome = charge(&client, &target, &token, &key, amount).await;
             let latency = scheduled.elapsed();
             if let Ok(mut histogram) = histogram.lock() {
@@ -343,6 +351,7 @@ async fn open_loop(
         latency: latency_of(&histogram),
         accepted_per_second: accepted_latency.count as f64 / seconds.max(0.001),
         accepted_latency,
+        send_lag: latency_of(&lag),
         outcomes: outcomes.lock().map(|o| o.clone()).unwrap_or_default(),
     }
 }
@@ -610,6 +619,13 @@ fn print(report: &ChargeReport) {
                 "latency max".to_owned(),
                 format!("{:.2} ms", open.latency.max_ms),
             ),
+            (
+                "send lag p95".to_owned(),
+                format!(
+                    "{:.2} ms (the generator's own lateness)",
+                    open.send_lag.p95_ms
+                ),
+            ),
         ];
         rows.extend(
             open.outcomes
@@ -651,8 +667,8 @@ fn print(report: &ChargeReport) {
     if !report.ramp.is_empty() {
         println!("\ncharge: ramp (latency of accepted charges, from their scheduled send)");
         println!(
-            "{:>9} {:>10} {:>9} {:>9} {:>9}  outcomes",
-            "offered/s", "accepted/s", "p50 ms", "p95 ms", "p99 ms"
+            "{:>9} {:>10} {:>9} {:>9} {:>9} {:>12}  outcomes",
+            "offered/s", "accepted/s", "p50 ms", "p95 ms", "p99 ms", "send lag p95"
         );
         for step in &report.ramp {
             let mix: Vec<String> = step
@@ -661,12 +677,13 @@ fn print(report: &ChargeReport) {
                 .map(|(outcome, count)| format!("{outcome}: {count}"))
                 .collect();
             println!(
-                "{:>9} {:>10.0} {:>9.2} {:>9.2} {:>9.2}  {}",
+                "{:>9} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>12.2}  {}",
                 step.rate_per_second,
                 step.accepted_per_second,
                 step.accepted_latency.p50_ms,
                 step.accepted_latency.p95_ms,
                 step.accepted_latency.p99_ms,
+                step.send_lag.p95_ms,
                 mix.join(", ")
             );
         }

@@ -430,6 +430,13 @@ async fn a_charge_ramp_reports_every_step_and_draws_the_knee(db: PgPool) {
             number(step, "/accepted_latency/count"),
             number(step, "/outcomes/201")
         );
+        // Every charge's send lag is measured, and it is part of that charge's latency.
+        assert_eq!(number(step, "/send_lag/count"), number(step, "/sent"));
+        let (lag, latency) = (&step["send_lag"]["max_ms"], &step["latency"]["max_ms"]);
+        assert!(
+            lag.as_f64().expect("lag") <= latency.as_f64().expect("latency"),
+            "{step}"
+        );
     }
     assert!(report["open_loop"].is_null() && report["hot"].as_array().is_some_and(Vec::is_empty));
     let svg = std::fs::read_to_string(&chart).expect("chart written");
