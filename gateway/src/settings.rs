@@ -403,6 +403,10 @@ pub struct LedgerSettings {
     /// The longest a money operation may queue: longer waits are refused at once with 503 and
     /// `Retry-After` (admission control, `gateway::admission`).
     pub max_queue_ms: u64,
+    /// The latency (admission to answer) the admitted money operations are held to: while more
+    /// than 5 % take longer, fewer are admitted at once (between 8 and `max_in_flight`); 0 keeps
+    /// the limit at `max_in_flight`.
+    pub latency_target_ms: u64,
 }
 
 /// Idempotency keys.
@@ -428,6 +432,7 @@ impl Default for LedgerSettings {
             committers: defaults.committers,
             max_in_flight: 512,
             max_queue_ms: 50,
+            latency_target_ms: 50,
         }
     }
 }

@@ -125,9 +125,11 @@ impl AppState {
             db: db.clone(),
             events: events.clone(),
         });
+        let target = settings.ledger.latency_target_ms;
         let admission = Arc::new(crate::admission::Admission::new(
             settings.ledger.max_in_flight,
             Duration::from_millis(settings.ledger.max_queue_ms),
+            (target > 0).then(|| Duration::from_millis(target)),
         ));
         let claims = domain::idempotency::Claimer::start(db.clone(), 2, 256);
         Ok(Self {

@@ -50,8 +50,10 @@ async fn node_with(db: &PgPool, id: &str, configure: impl FnOnce(&mut Settings))
         ..Settings::default()
     };
     let mut settings = settings;
-    // Exact outcome counts on a busy CI machine: no shedding (it has its own gateway test).
+    // Exact outcome counts on a busy CI machine: no shedding, no adaptive limit (they have their
+    // own gateway tests).
     settings.ledger.max_queue_ms = 10_000;
+    settings.ledger.latency_target_ms = 0;
     configure(&mut settings);
     let state = AppState::with_pool(settings, pool).await.expect("state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -36,6 +36,7 @@ function nodeEnv(name, port) {
     // The browser tests assert what the console shows, not load shedding (which has its own
     // gateway test): a loaded CI machine must not turn a charge into a 503.
     HUB_LEDGER__MAX_QUEUE_MS: "10000",
+    HUB_LEDGER__LATENCY_TARGET_MS: "0",
     RUST_LOG: process.env.CONSOLE_RUST_LOG || "warn",
   };
 }

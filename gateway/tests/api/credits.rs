@@ -795,6 +795,61 @@ async fn beyond_capacity_charges_are_shed_early_and_their_retries_apply_once(db:
     assert_eq!(available, 10_000 - 60);
 }
 
+/// The adaptive in-flight limit: with every charge slower than the target, the node narrows the
+/// number it runs at once, and the charges beyond it queue (within `max_queue_ms`) instead of
+/// failing; every one still applies exactly once.
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn charges_slower_than_the_latency_target_narrow_the_in_flight_limit_and_all_apply_once(
+    db: PgPool,
+) {
+    let app = Arc::new(
+        crate::helpers::spawn_app_with(db, |settings| {
+            settings.ledger.max_in_flight = 64;
+            settings.ledger.latency_target_ms = 1;
+        })
+        .await,
+    );
+    let token = app.token("alice", &[Role::User]);
+    assert_eq!(
+        app.get("/api/v1/sessions/me", Some(&token)).await.status(),
+        StatusCode::OK
+    );
+    let finance = app.token("finance-1", &[Role::Finance]);
+    let funding = json!({"account_id": "alice", "amount": 10_000, "reason": "test funding"});
+    let funded = app
+        .post_keyed("/api/v1/credits/adjust", &finance, "fund", &funding)
+        .await;
+    assert_eq!(funded.status(), StatusCode::CREATED);
+    assert_eq!(app.state.admission.limit(), 64);
+
+    for round in 0..8 {
+        let mut handles = Vec::new();
+        for n in 0..20 {
+            let (app, token) = (app.clone(), token.clone());
+            handles.push(tokio::spawn(async move {
+                let body = json!({"amount": 1, "reason": "narrow"});
+                app.post_keyed(CHARGE, &token, &format!("narrow-{round}-{n}"), &body)
+                    .await
+                    .status()
+            }));
+        }
+        for handle in handles {
+            assert_eq!(handle.await.expect("join"), StatusCode::CREATED);
+        }
+        // Let the 100 ms window close, so the next round's answers move the limit.
+        tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+    }
+
+    let limit = app.state.admission.limit();
+    assert!(limit < 64, "the limit narrowed: {limit}");
+    let charges = count(
+        &app.db,
+        "select count(*) from credit_ledger where account_id = 'alice' and kind = 'charge'",
+    )
+    .await;
+    assert_eq!(charges, 160, "every charge applied once");
+}
+
 /// Sends a keyed request until the node admits it (at most 200 tries); its final status.
 async fn until_admitted(
     app: &crate::helpers::TestApp,

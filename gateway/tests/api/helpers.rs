@@ -45,8 +45,10 @@ pub fn test_settings() -> Settings {
         ..Settings::default()
     };
     // Tests assert exact outcomes under bursts on a shared, busy CI machine: the node does not
-    // shed them (shedding has its own test with tight limits).
+    // shed them nor narrow its in-flight limit (shedding and the adaptive limit have their own
+    // tests with tight limits).
     settings.ledger.max_queue_ms = 10_000;
+    settings.ledger.latency_target_ms = 0;
     settings
 }
 
