@@ -288,6 +288,12 @@ fn shed(reason: &'static str) -> ApiError {
 mod tests {
     use super::*;
 
+    /// Admission with at most `max` in flight, a 50 ms wait bound and a 50 ms latency target.
+    fn adaptive(max: usize) -> Admission {
+        let bound = Duration::from_millis(50);
+        Admission::new(max, bound, Some(bound))
+    }
+
     /// Admits `n` operations and answers each after `latency` (paused clock), `windows` times.
     async fn run(admission: &Admission, n: usize, latency: Duration, windows: usize) {
         for _ in 0..windows {
@@ -302,11 +308,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn slow_answers_narrow_the_limit_down_to_its_floor_and_fast_busy_ones_widen_it_again() {
-        let admission = Admission::new(
-            64,
-            Duration::from_millis(50),
-            Some(Duration::from_millis(50)),
-        );
+        let admission = adaptive(64);
         assert_eq!(admission.limit(), 64);
 
         run(&admission, 64, Duration::from_millis(200), 1).await;
@@ -339,11 +341,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_narrowed_limit_makes_the_next_request_wait_then_shed() {
-        let admission = Admission::new(
-            16,
-            Duration::from_millis(50),
-            Some(Duration::from_millis(50)),
-        );
+        let admission = adaptive(16);
         run(&admission, 4, Duration::from_millis(500), 10).await;
         let limit = admission.limit();
         assert!(limit < 16, "narrowed to {limit}");
@@ -370,11 +368,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn fast_answers_below_the_limit_leave_it_where_it_is() {
-        let admission = Admission::new(
-            64,
-            Duration::from_millis(50),
-            Some(Duration::from_millis(50)),
-        );
+        let admission = adaptive(64);
         run(&admission, 8, Duration::from_millis(200), 3).await;
         let fast_one = || async {
             let mut place = admission.place().await.expect("a place");

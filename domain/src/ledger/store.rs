@@ -100,11 +100,8 @@ async fn one_by_one(
 #[derive(Debug, sqlx::FromRow)]
 struct GroupAccountRow {
     id: String,
-    available: i64,
-    held: i64,
-    debt: i64,
-    now: DateTime<Utc>,
-    ids: Vec<i64>,
+    #[sqlx(flatten)]
+    account: AccountRow,
 }
 
 /// One account's planned part of a group.
@@ -140,18 +137,7 @@ async fn together(
     .map_err(GroupFailure::Group)?;
     let mut accounts: HashMap<String, plan::Account> = locked
         .into_iter()
-        .map(|row| {
-            let account = plan::Account {
-                balances: plan::Balances {
-                    available: row.available,
-                    held: row.held,
-                    debt: row.debt,
-                },
-                now: row.now,
-                ids: row.ids,
-            };
-            (row.id, account)
-        })
+        .map(|row| (row.id, row.account.into()))
         .collect();
     let all: Vec<&LedgerRequest> = groups.iter().flat_map(|(_, batch)| batch.iter()).collect();
     let mut held = claims_held_of(&mut tx, &all)
@@ -292,15 +278,21 @@ async fn lock_account(
     .bind(ids as i32)
     .fetch_optional(conn)
     .await?;
-    Ok(row.map(|row| plan::Account {
-        balances: plan::Balances {
-            available: row.available,
-            held: row.held,
-            debt: row.debt,
-        },
-        now: row.now,
-        ids: row.ids,
-    }))
+    Ok(row.map(plan::Account::from))
+}
+
+impl From<AccountRow> for plan::Account {
+    fn from(row: AccountRow) -> Self {
+        Self {
+            balances: plan::Balances {
+                available: row.available,
+                held: row.held,
+                debt: row.debt,
+            },
+            now: row.now,
+            ids: row.ids,
+        }
+    }
 }
 
 /// Locks the batch's idempotency claims; whether each request's claim is still held (a request

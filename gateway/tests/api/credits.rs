@@ -717,16 +717,7 @@ async fn beyond_capacity_charges_are_shed_early_and_their_retries_apply_once(db:
         })
         .await,
     );
-    // Funding goes through the same admission: retried like any client would.
-    let token = app.token("alice", &[Role::User]);
-    assert_eq!(
-        app.get("/api/v1/sessions/me", Some(&token)).await.status(),
-        StatusCode::OK
-    );
-    let finance = app.token("finance-1", &[Role::Finance]);
-    let funding = json!({"account_id": "alice", "amount": 10_000, "reason": "test funding"});
-    let funded = until_admitted(&app, "/api/v1/credits/adjust", &finance, "fund", &funding).await;
-    assert_eq!(funded, StatusCode::CREATED);
+    let token = alice_funded_through_admission(&app).await;
     let mut handles = Vec::new();
     for n in 0..60 {
         let (app, token) = (app.clone(), token.clone());
@@ -809,17 +800,7 @@ async fn charges_slower_than_the_latency_target_narrow_the_in_flight_limit_and_a
         })
         .await,
     );
-    let token = app.token("alice", &[Role::User]);
-    assert_eq!(
-        app.get("/api/v1/sessions/me", Some(&token)).await.status(),
-        StatusCode::OK
-    );
-    let finance = app.token("finance-1", &[Role::Finance]);
-    let funding = json!({"account_id": "alice", "amount": 10_000, "reason": "test funding"});
-    let funded = app
-        .post_keyed("/api/v1/credits/adjust", &finance, "fund", &funding)
-        .await;
-    assert_eq!(funded.status(), StatusCode::CREATED);
+    let token = alice_funded_through_admission(&app).await;
     assert_eq!(app.state.admission.limit(), 64);
 
     for round in 0..8 {
@@ -848,6 +829,21 @@ async fn charges_slower_than_the_latency_target_narrow_the_in_flight_limit_and_a
     )
     .await;
     assert_eq!(charges, 160, "every charge applied once");
+}
+
+/// Provisions alice and funds her with 10,000 credits; the funding goes through the same
+/// admission as the charges, retried like any client would. Her token.
+async fn alice_funded_through_admission(app: &crate::helpers::TestApp) -> String {
+    let token = app.token("alice", &[Role::User]);
+    assert_eq!(
+        app.get("/api/v1/sessions/me", Some(&token)).await.status(),
+        StatusCode::OK
+    );
+    let finance = app.token("finance-1", &[Role::Finance]);
+    let funding = json!({"account_id": "alice", "amount": 10_000, "reason": "test funding"});
+    let funded = until_admitted(app, "/api/v1/credits/adjust", &finance, "fund", &funding).await;
+    assert_eq!(funded, StatusCode::CREATED);
+    token
 }
 
 /// Sends a keyed request until the node admits it (at most 200 tries); its final status.
