@@ -68,28 +68,15 @@ function applyTheme(theme) {
   $("theme-accent").value = theme.accent.startsWith("#") ? "" : theme.accent;
 }
 
-// Changes made in quick succession build on one another (not on the last saved theme) and are
-// saved one after the other, so the server ends with the last one and nothing is undone on screen.
-let wantedTheme = null;
-let themeSaves = Promise.resolve();
-
-function saveTheme(change) {
-  const me = ctx.me;
-  const theme = { ...(wantedTheme?.me === me ? wantedTheme.theme : me.theme), ...change };
-  const wanted = { me, theme };
-  wantedTheme = wanted;
+async function saveTheme(change) {
+  const theme = { ...ctx.me.theme, ...change };
   applyTheme(theme);
-  themeSaves = themeSaves.then(async () => {
-    try {
-      const saved = await api("PUT", "/sessions/me/theme", { body: theme });
-      if (ctx.me !== me) return;
-      me.theme = saved;
-      if (wantedTheme === wanted) applyTheme(saved);
-    } catch (error) {
-      showError(error);
-    }
-  });
-  return themeSaves;
+  try {
+    ctx.me.theme = await api("PUT", "/sessions/me/theme", { body: theme });
+    applyTheme(ctx.me.theme);
+  } catch (error) {
+    showError(error);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
