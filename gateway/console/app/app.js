@@ -43,7 +43,9 @@ export function showError(error) {
   if (error instanceof ApiProblem && error.status === 401) signOut(false);
 }
 
-function clearError() {
+/** Hides the error shown; with `only`, just when that error is the one shown. */
+function clearError(only) {
+  if (only !== undefined && lastError !== only) return;
   lastError = null;
   $("error").hidden = true;
 }
@@ -68,15 +70,28 @@ function applyTheme(theme) {
   $("theme-accent").value = theme.accent.startsWith("#") ? "" : theme.accent;
 }
 
-async function saveTheme(change) {
-  const theme = { ...ctx.me.theme, ...change };
+// Changes made in quick succession build on one another (not on the last saved theme) and are
+// saved one after the other, so the server ends with the last one and nothing is undone on screen.
+let wantedTheme = null;
+let themeSaves = Promise.resolve();
+
+function saveTheme(change) {
+  const me = ctx.me;
+  const theme = { ...(wantedTheme?.me === me ? wantedTheme.theme : me.theme), ...change };
+  const wanted = { me, theme };
+  wantedTheme = wanted;
   applyTheme(theme);
-  try {
-    ctx.me.theme = await api("PUT", "/sessions/me/theme", { body: theme });
-    applyTheme(ctx.me.theme);
-  } catch (error) {
-    showError(error);
-  }
+  themeSaves = themeSaves.then(async () => {
+    try {
+      const saved = await api("PUT", "/sessions/me/theme", { body: theme });
+      if (ctx.me !== me) return;
+      me.theme = saved;
+      if (wantedTheme === wanted) applyTheme(saved);
+    } catch (error) {
+      showError(error);
+    }
+  });
+  return themeSaves;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -210,8 +225,13 @@ function visiblePages() {
   return PAGES.filter((page) => page.scope(ctx));
 }
 
+// Each navigation gets a number; one overtaken by a later one while its page loads stops there,
+// so a slow page cannot land over the page navigated to after it.
+let routing = 0;
+
 async function route() {
   if (!ctx.me) return;
+  const generation = ++routing;
   const pages = visiblePages();
   const [, first, ...rest] = location.hash.replace(/^#/, "").split("/");
   const page = pages.find((p) => p.path === first) ?? pages[0];
@@ -228,9 +248,12 @@ async function route() {
   }
   mount(frame.content, h("p", { class: "muted" }, "…"));
   const module = await page.load();
+  if (generation !== routing) return;
   const section = h("div", { testid: `page-${page.path}` });
   mount(frame.content, section);
-  cleanup = (await module.render(section, ctx, rest.map(decodeURIComponent))) ?? null;
+  const done = (await module.render(section, ctx, rest.map(decodeURIComponent))) ?? null;
+  if (generation === routing) cleanup = done;
+  else if (done) done();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -246,7 +269,7 @@ async function boot() {
   const loginError = fragment.get("error");
   if (fragment.has("token") || fragment.has("error")) history.replaceState(null, "", `${location.pathname}#/`);
 
-  $("error-close").addEventListener("click", clearError);
+  $("error-close").addEventListener("click", () => clearError());
   $("logout").addEventListener("click", () => signOut());
   $("theme-mode").addEventListener("change", (event) => {
     if (ctx.me) saveTheme({ mode: event.target.value });

@@ -44,6 +44,9 @@ async function list(root, ctx) {
     return { task_type: String(data.get("task_type")).trim(), units: Number(data.get("units")) };
   }
 
+  // The estimate clears only an error it showed itself: a refused creation stays on screen when
+  // a debounced estimate lands after it.
+  let estimateError = null;
   async function estimateNow() {
     const request = body();
     if (!request.task_type || !Number.isSafeInteger(request.units) || request.units < 1) {
@@ -53,9 +56,11 @@ async function list(root, ctx) {
     try {
       const answer = await api("POST", "/credits/estimate", { body: request });
       estimate.textContent = String(answer.estimated_credits);
-      ctx.clearError();
+      if (estimateError) ctx.clearError(estimateError);
+      estimateError = null;
     } catch (error) {
       estimate.textContent = "";
+      estimateError = error;
       ctx.showError(error);
     }
   }

@@ -42,20 +42,17 @@ async function expectText(locator, expected, timeout = 15000) {
   assert.fail(`expected ${expected} in ${locator}, last saw ${JSON.stringify(last)}; error shown: ${shown}`);
 }
 
-/** Creates a task in the form, waits for its new row, opens its detail page: its id. */
+/** Creates a task in the form, waits for its row: its id (from the creation's own answer, not
+ * guessed from the list, which may still be loading the user's earlier tasks). */
 async function createTask(page) {
-  const rows = page.getByTestId("task-row");
-  await page.getByTestId("task-create").isEnabled();
-  const before = new Set(await rows.evaluateAll((all) => all.map((row) => row.dataset.taskId)));
+  const created = page.waitForResponse(
+    (response) => response.request().method() === "POST" && new URL(response.url()).pathname === "/api/v1/tasks",
+  );
   await page.getByTestId("task-create").click();
-  let taskId;
-  const deadline = Date.now() + 15000;
-  while (!taskId && Date.now() < deadline) {
-    const ids = await rows.evaluateAll((all) => all.map((row) => row.dataset.taskId));
-    taskId = ids.find((id) => !before.has(id));
-    if (!taskId) await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-  assert.ok(taskId, "the new task's row appears");
+  const response = await created;
+  assert.equal(response.status(), 201, "the task is created");
+  const taskId = (await response.json()).id;
+  await page.locator(`[data-testid=task-row][data-task-id="${taskId}"]`).waitFor({ timeout: 15000 });
   return taskId;
 }
 
@@ -321,13 +318,18 @@ test("the theme switch applies at once and is kept by the server", async () => {
   assert.equal(background, "rgb(20, 23, 27)", "dark colours applied");
   assert.equal(await page.evaluate(() => window.__marker), marker, "no reload");
   await shot(page, "12-dark-theme");
+  // Two changes in quick succession: both kept, on screen and on the server, in that order.
+  const saved = page.waitForResponse(
+    (response) => response.url().endsWith("/sessions/me/theme") && response.request().postData()?.includes("creator"),
+  );
   await page.getByTestId("theme-density").selectOption("compact");
-  await page.locator("html[data-density=compact]").waitFor();
   await page.getByTestId("theme-accent").selectOption("creator");
-  await page.locator("html[data-accent=creator]").waitFor();
+  await page.locator("html[data-density=compact][data-accent=creator]").waitFor();
+  await saved;
   assert.equal(await page.evaluate(() => window.__marker), marker, "still no reload");
   const me = await call(A.base, "GET", "/api/v1/sessions/me", mint("themer", ["user"]));
   assert.deepEqual(me.theme, { mode: "dark", accent: "creator", density: "compact" });
+  assert.equal(await page.locator("html").getAttribute("data-density"), "compact", "nothing undone");
   await page.reload();
   await page.locator("html[data-theme=dark]").waitFor();
   await page.getByTestId("theme-mode").selectOption("light");
@@ -368,10 +370,17 @@ test("a failure is shown by its code, in English and in Chinese", async () => {
   const page = await freshPage(chromium, A.base);
   await devLogin(page, "pauper", ["user"], "Pauper");
   await page.getByTestId("nav-tasks").click();
+  const estimated = page.waitForResponse(
+    (response) => new URL(response.url()).pathname === "/api/v1/credits/estimate" && response.request().postData()?.includes("1000"),
+  );
   await page.getByTestId("task-units").fill("1000");
   await page.getByTestId("task-create").click();
   await expectText(page.getByTestId("error-code"), "insufficient_credits");
   assert.match(await page.locator("#error-text").textContent(), /Not enough credits/);
+  // The form's debounced estimate lands after the refusal and leaves it on screen.
+  await estimated;
+  await page.waitForTimeout(100);
+  assert.equal(await page.locator("#error").isVisible(), true, "the refusal is still shown");
   await page.getByTestId("lang").selectOption("zh");
   await expectText(page.locator("#error-text"), (text) => text.includes("积分不足"));
   await page.getByTestId("nav-wallet").click();
