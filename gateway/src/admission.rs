@@ -10,9 +10,13 @@
 //!   100 ms window in which more than 5 % of the admitted operations took longer than
 //!   `ledger.latency_target_ms` (from admission to answer) lowers the limit by a tenth; a window
 //!   within the target in which the operations in flight reached the limit raises it by a tenth.
-//!   It stays between 8 (or `ledger.max_in_flight`, if smaller) and `ledger.max_in_flight`; a
-//!   request beyond it waits at most `ledger.max_queue_ms` for a place. With the target at 0 the
-//!   limit is `ledger.max_in_flight`, fixed.
+//!   It stays between 8 (or `ledger.max_in_flight`, if smaller) and `ledger.max_in_flight`. With
+//!   the target at 0 the limit is `ledger.max_in_flight`, fixed;
+//! - the wait for a place (an adaptive queue timeout): a request beyond the limit waits at most
+//!   `ledger.max_queue_ms` for one, which absorbs a burst; but after a 100 ms window in which a
+//!   request waited that long in vain (the queue did not drain: the node is over capacity, not
+//!   hit by a burst), the wait is cut to a fifth of it, until a window passes with no request
+//!   giving up. Beyond capacity the admitted requests then wait ~10 ms instead of ~50 ms.
 //!
 //! Refusals are 503 `service_unavailable` with `Retry-After` (retry with the same
 //! `Idempotency-Key`), counted in `ledger_shed_total{reason}`; the limit is the gauge
@@ -23,7 +27,7 @@ use crate::error::ApiError;
 use axum::http::StatusCode;
 use domain::ledger::Ledger;
 use shared::ErrorCode;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
@@ -35,6 +39,7 @@ pub struct Admission {
     permits: Arc<Semaphore>,
     limit: Arc<Limit>,
     max_wait: Duration,
+    queue: Queue,
     /// How late the runtime's probe timer fired last, in microseconds.
     lag_us: Arc<AtomicU64>,
 }
@@ -188,6 +193,65 @@ impl Limit {
     }
 }
 
+/// The adaptive wait for a place (see the module documentation).
+#[derive(Debug)]
+struct Queue {
+    /// The wait bound while the queue stands.
+    short_wait: Duration,
+    standing: AtomicBool,
+    window: Mutex<QueueWindow>,
+}
+
+#[derive(Debug)]
+struct QueueWindow {
+    started: Instant,
+    /// Whether a request gave up waiting for a place in the window.
+    gave_up: bool,
+}
+
+impl Queue {
+    fn new(max_wait: Duration) -> Self {
+        Self {
+            short_wait: max_wait / 5,
+            standing: AtomicBool::new(false),
+            window: Mutex::new(QueueWindow {
+                started: Instant::now(),
+                gave_up: false,
+            }),
+        }
+    }
+
+    /// How long a request beyond the limit may wait for a place now.
+    fn wait_bound(&self, max_wait: Duration) -> Duration {
+        if self.standing.load(Ordering::Acquire) {
+            self.short_wait
+        } else {
+            max_wait
+        }
+    }
+
+    /// A request got a place, or gave up waiting for one; at the end of a window, says whether
+    /// the queue stood through it (someone gave up).
+    fn asked(&self, gave_up: bool) {
+        let Ok(mut window) = self.window.lock() else {
+            return;
+        };
+        window.gave_up |= gave_up;
+        if window.started.elapsed() < WINDOW {
+            return;
+        }
+        let standing = window.gave_up;
+        *window = QueueWindow {
+            started: Instant::now(),
+            gave_up: false,
+        };
+        drop(window);
+        if self.standing.swap(standing, Ordering::AcqRel) != standing {
+            metrics::gauge!("ledger_queue_standing").set(if standing { 1.0 } else { 0.0 });
+        }
+    }
+}
+
 impl Admission {
     /// At most `max_in_flight` operations at once (fewer while their latency exceeds `target`,
     /// when given), none waiting longer than `max_wait`.
@@ -201,6 +265,11 @@ impl Admission {
             "How late a 10 ms timer fired on the node's runtime (scheduling delay)"
         );
         metrics::describe_gauge!(
+            "ledger_queue_standing",
+            "1 while requests give up waiting for a place among the money operations (beyond \
+             capacity: the wait for a place is cut to a fifth), else 0"
+        );
+        metrics::describe_gauge!(
             "ledger_concurrency_limit",
             "Money operations the node admits at once (adapted to their latency)"
         );
@@ -210,6 +279,7 @@ impl Admission {
             permits: Arc::new(Semaphore::new(max_in_flight)),
             limit: Arc::new(Limit::new(max_in_flight, target)),
             max_wait,
+            queue: Queue::new(max_wait),
             lag_us,
         }
     }
@@ -238,14 +308,22 @@ impl Admission {
     /// A place among the operations in flight, waiting at most `max_wait` for one.
     async fn place(&self) -> Result<Admitted, ApiError> {
         let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
+            Ok(permit) => {
+                self.queue.asked(false);
+                permit
+            }
             Err(TryAcquireError::Closed) => return Err(shed("closed")),
             Err(TryAcquireError::NoPermits) => {
-                match tokio::time::timeout(self.max_wait, self.permits.clone().acquire_owned())
-                    .await
-                {
-                    Ok(Ok(permit)) => permit,
-                    _ => return Err(shed("in_flight")),
+                let bound = self.queue.wait_bound(self.max_wait);
+                match tokio::time::timeout(bound, self.permits.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => {
+                        self.queue.asked(false);
+                        permit
+                    }
+                    _ => {
+                        self.queue.asked(true);
+                        return Err(shed("in_flight"));
+                    }
                 }
             }
         };
@@ -356,6 +434,41 @@ mod tests {
             admission.place().await.is_ok(),
             "a place again once answered"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_giving_up_on_a_place_cut_the_wait_for_one_until_a_window_passes_without() {
+        let admission = Admission::new(1, Duration::from_millis(50), None);
+        let held = admission.place().await.expect("the only place");
+        let waited = || async {
+            let asked = Instant::now();
+            let refused = admission.place().await.expect_err("no place");
+            assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+            asked.elapsed()
+        };
+        // A burst: the full bound, until the window (100 ms) in which requests gave up closes.
+        for _ in 0..2 {
+            assert_eq!(waited().await, Duration::from_millis(50));
+        }
+        // The queue stands: the wait is cut to 10 ms.
+        assert_eq!(waited().await, Duration::from_millis(10));
+        for _ in 0..20 {
+            assert_eq!(waited().await, Duration::from_millis(10), "while it stands");
+        }
+        // Places are free again: the window with the give-ups closes, then one without any.
+        drop(held);
+        for _ in 0..2 {
+            let place = admission.place().await.expect("a free place");
+            tokio::time::advance(WINDOW).await;
+            drop(place);
+        }
+        let held = admission.place().await.expect("a free place");
+        assert_eq!(
+            waited().await,
+            Duration::from_millis(50),
+            "a burst waits in full again"
+        );
+        drop(held);
     }
 
     #[tokio::test(start_paused = true)]
