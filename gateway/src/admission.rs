@@ -4,8 +4,9 @@
 //!
 //! - the node's queueing delay: the ledger's ([`domain::ledger::Ledger::queue_delay`], account
 //!   batches waiting for a committer) or the runtime's (how late a 10 ms timer fires: every task
-//!   waits that long for a core when the machine is saturated); when either is longer than
-//!   `ledger.max_queue_ms`, new work is refused at once;
+//!   waits that long for a core when the machine is saturated); when either has been longer than
+//!   `ledger.max_queue_ms` for 100 ms on end, new work is refused at once (a shorter stall, such
+//!   as one slow disk flush, is absorbed: the work admitted meanwhile waits it out);
 //! - a limit on money operations in flight on the node, adapted to their latency (AIMD): every
 //!   100 ms window in which more than 5 % of the admitted operations took longer than
 //!   `ledger.latency_target_ms` (from admission to answer) lowers the limit by a tenth; a window
@@ -42,6 +43,42 @@ pub struct Admission {
     queue: Queue,
     /// How late the runtime's probe timer fired last, in microseconds.
     lag_us: Arc<AtomicU64>,
+    stall: Stall,
+}
+
+/// Since when a queueing delay (the ledger's or the runtime's) has been over the bound.
+#[derive(Debug)]
+struct Stall {
+    base: Instant,
+    /// Microseconds since `base` when the delay went over, plus one; 0 while it is not over.
+    over_since_us: AtomicU64,
+}
+
+impl Stall {
+    fn new() -> Self {
+        Self {
+            base: Instant::now(),
+            over_since_us: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a delay that is `over` the bound now has been over it for `WINDOW` on end.
+    fn persists(&self, over: bool) -> bool {
+        if !over {
+            self.over_since_us.store(0, Ordering::Release);
+            return false;
+        }
+        let now = self.base.elapsed().as_micros() as u64 + 1;
+        let since =
+            match self
+                .over_since_us
+                .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => now,
+                Err(since) => since,
+            };
+        now - since >= WINDOW.as_micros() as u64
+    }
 }
 
 /// The probe's period.
@@ -281,6 +318,7 @@ impl Admission {
             max_wait,
             queue: Queue::new(max_wait),
             lag_us,
+            stall: Stall::new(),
         }
     }
 
@@ -296,13 +334,25 @@ impl Admission {
 
     /// A place for one money operation, or the 503 to answer.
     pub async fn admit(&self, ledger: &Ledger) -> Result<Admitted, ApiError> {
-        if ledger.queue_delay() > self.max_wait {
-            return Err(shed("queue_delay"));
-        }
-        if self.runtime_lag() > self.max_wait {
-            return Err(shed("runtime_lag"));
-        }
+        self.delays(ledger.queue_delay(), self.runtime_lag())?;
         self.place().await
+    }
+
+    /// The 503 to answer when the ledger's queueing delay or the runtime's lag has been over the
+    /// bound for a window on end.
+    fn delays(&self, queue_delay: Duration, runtime_lag: Duration) -> Result<(), ApiError> {
+        let queue_over = queue_delay > self.max_wait;
+        if self
+            .stall
+            .persists(queue_over || runtime_lag > self.max_wait)
+        {
+            return Err(shed(if queue_over {
+                "queue_delay"
+            } else {
+                "runtime_lag"
+            }));
+        }
+        Ok(())
     }
 
     /// A place among the operations in flight, waiting at most `max_wait` for one.
@@ -469,6 +519,40 @@ mod tests {
             "a burst waits in full again"
         );
         drop(held);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queueing_delay_over_the_bound_sheds_only_once_it_lasts_a_window() {
+        let admission = adaptive(64);
+        let (short, long) = (Duration::from_millis(10), Duration::from_millis(80));
+        assert!(
+            admission.delays(long, short).is_ok(),
+            "a stall is absorbed at first"
+        );
+        tokio::time::advance(Duration::from_millis(60)).await;
+        assert!(
+            admission.delays(short, long).is_ok(),
+            "60 ms over: still absorbed"
+        );
+        tokio::time::advance(Duration::from_millis(40)).await;
+        let refused = admission
+            .delays(long, short)
+            .expect_err("100 ms over: shed");
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            admission.delays(short, long).is_err(),
+            "the lag alone still counts"
+        );
+        // Back under the bound: the next stall is absorbed again.
+        assert!(admission.delays(short, short).is_ok());
+        assert!(
+            admission.delays(long, long).is_ok(),
+            "a new stall starts its own window"
+        );
+        tokio::time::advance(Duration::from_millis(99)).await;
+        assert!(admission.delays(long, long).is_ok());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(admission.delays(long, long).is_err());
     }
 
     #[tokio::test(start_paused = true)]
