@@ -14,6 +14,9 @@ use shared::protocol::disconnect;
 /// Most queued frames joined into one WebSocket frame.
 const BATCH: usize = 64;
 
+/// How long the node waits for the client's own Close once it sent its Close frame.
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The Centrifugo protocol v2 (JSON) over WebSocket; see `docs/protocol.md`.
 #[utoipa::path(get, path = "/connection/websocket", tag = "realtime",
     responses((status = 101, description = "Switching to the WebSocket protocol")))]
@@ -81,12 +84,14 @@ async fn serve(state: std::sync::Arc<AppState>, mut socket: WebSocket) {
         state.settings.realtime.max_inflight_frames,
     ));
     let mut permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    // Whether the node sent its Close frame (the closing handshake then ends in `linger`).
+    let mut closed = false;
     loop {
         tokio::select! {
             biased;
             () = overflow.cancelled() => {
                 metrics::counter!("hub_disconnects_total", "code" => "3008").increment(1);
-                let _ = write(&mut socket, close(disconnect::SLOW, "slow"), write_timeout).await;
+                closed = write(&mut socket, close(disconnect::SLOW, "slow"), write_timeout).await;
                 break;
             }
             item = queue.recv() => {
@@ -98,7 +103,7 @@ async fn serve(state: std::sync::Arc<AppState>, mut socket: WebSocket) {
                     break;
                 }
                 if let Some((code, reason)) = closing {
-                    let _ = write(&mut socket, close(code, &reason), write_timeout).await;
+                    closed = write(&mut socket, close(code, &reason), write_timeout).await;
                     break;
                 }
             }
@@ -134,6 +139,7 @@ async fn serve(state: std::sync::Arc<AppState>, mut socket: WebSocket) {
                             }
                         }
                     });
+                    // A read that failed leaves nothing to linger for.
                     let _ = flushed.await;
                     break;
                 }
@@ -143,6 +149,25 @@ async fn serve(state: std::sync::Arc<AppState>, mut socket: WebSocket) {
     let _ = session.cast(SessionMsg::TransportClosed);
     realtime.release();
     metrics::gauge!("hub_connections", "transport" => "websocket").decrement(1.0);
+    if closed {
+        Box::pin(linger(socket)).await;
+    }
+}
+
+/// The end of the closing handshake the node began (RFC 6455 §7.1.1): reads, and drops, what the
+/// client still sends until its own Close or the end of the stream, for at most [`CLOSE_LINGER`].
+/// Dropping the connection with the client's frames unread would reset it, and a client still
+/// writing (a flood) could then fail on its write before it reads the Close frame and its code.
+/// The session and the connection slot are already released.
+async fn linger(mut socket: WebSocket) {
+    let drained = async {
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_LINGER, drained).await;
 }
 
 /// Writes one message within `deadline`; false when the write failed or timed out (the client

@@ -198,3 +198,66 @@ async fn send_before_connect_is_3501(db: PgPool) {
         .await;
     assert_eq!(client.closed().await, 3501);
 }
+
+/// A client that keeps flooding after it is cut off still reads why: the node sends its Close
+/// frame, then reads (and drops) what the client still sends until the client's own Close,
+/// instead of dropping the connection with the client's frames unread, which resets it and can
+/// take the Close frame with it (the soak's floods saw code 0, no close frame, now and then).
+#[sqlx::test(migrator = "domain::db::MIGRATOR")]
+async fn a_client_flooding_past_its_cut_off_still_reads_the_close_code(db: PgPool) {
+    let app = spawn_app_with(db, |settings| settings.realtime.max_errors = 5).await;
+    let token = app.token("alice", &[Role::User]);
+    let url = format!(
+        "{}/connection/websocket",
+        app.address.replacen("http", "ws", 1)
+    );
+    for round in 0..5 {
+        let (socket, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .expect("websocket");
+        let (mut sink, mut stream) = futures_util::StreamExt::split(socket);
+        let connect = json!({ "id": 1, "connect": { "token": token } });
+        sink.send(Message::Text(connect.to_string().into()))
+            .await
+            .expect("connect");
+        // Frames of 100 denied subscribes each, sent without pause until the node stops taking
+        // them (or 2,000 frames: the node must have cut the client off long before).
+        let writer = tokio::spawn(async move {
+            for frame in 0..2_000 {
+                let text = (0..100)
+                    .map(|n| {
+                        json!({
+                            "id": frame * 100 + n + 2,
+                            "subscribe": {
+                                "channel": format!("task:0190f1a2-0000-7000-8000-{:012}", frame * 100 + n)
+                            },
+                        })
+                        .to_string()
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                if sink.send(Message::Text(text.into())).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let code = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match futures_util::StreamExt::next(&mut stream).await {
+                    Some(Ok(Message::Close(frame))) => {
+                        break frame.map_or(0, |frame| u16::from(frame.code));
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break 0,
+                }
+            }
+        })
+        .await
+        .expect("closed within 10 s");
+        assert_eq!(
+            code, 3509,
+            "round {round}: the close code reached the client"
+        );
+        writer.abort();
+    }
+}
