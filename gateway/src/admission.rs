@@ -248,6 +248,7 @@ struct QueueWindow {
 
 impl Queue {
     fn new(max_wait: Duration) -> Self {
+        metrics::gauge!("ledger_queue_standing").set(0.0);
         Self {
             short_wait: max_wait / 5,
             standing: AtomicBool::new(false),
